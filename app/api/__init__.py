@@ -1,0 +1,1 @@
+"""HTTP routers: parse, check access, call one service function, return a schema."""

@@ -1,0 +1,92 @@
+"""Shared dependencies: the database session, settings and the authenticated principal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.auth import Principal, authenticate, bearer_token
+from app.config import Settings
+from app.middleware import REQUEST_INFO_KEY
+from app.store.db import Database
+
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.db
+    return database
+
+
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the handler returns, else rolled back."""
+    database = get_database(request)
+    factory = database.read if request.method in READ_METHODS else database.write
+    async with factory() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
+
+
+async def _identify(request: Request, settings: Settings, token: str | None) -> Principal:
+    """Authenticate in a read transaction of its own, so no write lock is taken for it."""
+    async with get_database(request).read() as db:
+        principal = await authenticate(db, settings, token)
+    info = request.scope.get(REQUEST_INFO_KEY)
+    if info is not None:
+        info.subject = principal.subject
+    return principal
+
+
+async def get_principal(
+    request: Request,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    return await _identify(request, settings, bearer_token(authorization))
+
+
+async def get_stream_principal(
+    request: Request,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    access_token: Annotated[
+        str | None,
+        Query(max_length=512, description="the bearer token, for browsers' EventSource, which "
+              "cannot send headers (less safe: URLs end up in logs)"),
+    ] = None,
+) -> Principal:
+    """Like `get_principal`, also accepting `?access_token=` (SSE endpoints only)."""
+    token = bearer_token(authorization) if authorization is not None else access_token
+    return await _identify(request, settings, token)
+
+
+async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    principal.require_admin()
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+AdminPrincipal = Annotated[Principal, Depends(get_admin)]
+StreamPrincipal = Annotated[Principal, Depends(get_stream_principal)]
+
+Limit = Annotated[int, Query(ge=1, le=200, description="page size, 1..200")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=512, description="`next_cursor` of the previous page"),
+]

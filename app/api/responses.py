@@ -1,0 +1,36 @@
+"""Documented error responses for `responses=` (rendered as problem+json by `app.openapi`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.schemas.common import Problem, ValidationProblem
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON, a malformed cursor or a bad header value (`bad_request`)",
+    401: "Missing or invalid bearer token (`unauthorized`)",
+    403: "Valid token, but not allowed (`forbidden`)",
+    404: "Unknown id, or owned by another principal (`not_found`)",
+    409: "State conflict",
+    413: "Request body over the size cap (`body_too_large`)",
+    422: "Invalid payload (`validation_error`, with `errors`)",
+    429: "Too many runs running or queued (`backpressure`, with `Retry-After`)",
+    503: "The service is shutting down or a dependency is down (`unavailable`)",
+}
+
+
+def errors(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for the given statuses; a `s409="…"` keyword overrides a description."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        model = ValidationProblem if status == 422 else Problem
+        documented[status] = {
+            "description": descriptions.get(f"s{status}", _DESCRIPTIONS[status]),
+            "model": model,
+        }
+    return documented
+
+
+AUTH = (401,)
+READ = (400, 401, 404, 422)
+WRITE = (400, 401, 404, 413, 422)

@@ -1,0 +1,357 @@
+"""`/v1/runs` and `POST /v1/sessions/{session_id}/runs`: start, read, follow, wait, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.deps import (
+    CurrentPrincipal,
+    Cursor,
+    DbSession,
+    Limit,
+    StreamPrincipal,
+    get_database,
+)
+from app.api.responses import AUTH, READ, WRITE, errors
+from app.errors import BadRequest, NotFound
+from app.events.sse import RETRY_MS, follow_run, sse_frames
+from app.events.types import is_terminal
+from app.runs.manager import RunManager
+from app.runs.status import TERMINAL_STATUSES, RunStatus
+from app.schemas.runs import (
+    Event,
+    EventPage,
+    OneShotRunCreate,
+    Run,
+    RunCancel,
+    RunCancelled,
+    RunCreate,
+    RunPage,
+)
+from app.schemas.sessions import SessionCreate
+from app.services import idempotency
+from app.services import runs as service
+from app.services import sessions as session_service
+from app.store.tables import Run as RunRow
+from app.store.tables import Session as SessionRow
+
+router = APIRouter(tags=["runs"])
+
+RunId = Annotated[str, Path(description="the run's id (`run_…`)", max_length=64)]
+SessionId = Annotated[str, Path(description="the session's id (`ses_…`)", max_length=64)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="repeat-safe creation (1..255 characters)"),
+]
+SSE_FRAME: dict[str, Any] = {
+    "type": "object", "required": ["data"],
+    "description": "One Server-Sent Event: `id` is the seq, `event` the type, `data` the Event "
+                   "as JSON. The stream opens with `retry: 2000` and ends after the terminal "
+                   "event; `: ping` comments keep it alive.",
+    "properties": {
+        "id": {"type": "string"}, "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/Event"}},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+"""The per-event schema of `text/event-stream` responses (OpenAPI 3.1 style)."""
+CREATED: dict[int | str, dict[str, Any]] = {
+    200: {"description": "`stream: true`: the run's events (`text/event-stream`), or a replay "
+          "of an earlier request with the same Idempotency-Key",
+          "content": {"text/event-stream": {"schema": SSE_FRAME}}, "model": Run},
+    202: {"description": "`stream: false`: the run, queued", "model": Run},
+}
+CREATE_ERRORS = errors(
+    *WRITE, 409, 429, 503,
+    s409="`session_busy` (with `active_run_id`), `session_pending` (with "
+         "`pending_tool_calls`), `conflict` (agent deleted), `idempotency_conflict`",
+)
+
+
+def _manager(request: Request) -> RunManager:
+    manager: RunManager = request.app.state.manager
+    return manager
+
+
+def _view(run: RunRow) -> Run:
+    return Run.model_validate(service.run_view(run))
+
+
+async def _start(
+    request: Request, principal: Any, session_id: str | None, body: RunCreate,
+    idempotency_key: str | None, sent: RunCreate, new_session: SessionCreate | None = None,
+) -> Response:
+    """Create (or replay) the run; `sent` is the body as posted, which the key is bound to."""
+    manager = _manager(request)
+    database = get_database(request)
+    scope = idempotency.IdempotencyScope.parse(
+        principal.subject, "POST", request.url.path, idempotency_key)
+    created: service.CreatedRun | None = None
+    locked: SessionRow | None = None
+
+    async def create() -> str:
+        nonlocal created
+        session = locked
+        if session is None:
+            assert new_session is not None
+            session = await session_service.create_session(db, principal, new_session)
+        created = await service.create_run(
+            db, session, body, executor_id=manager.executor_id,
+            lease_s=manager.settings.run_lease_s, has_capacity=manager.has_capacity(),
+            accepting=manager.accepting, known_providers=manager.settings.provider_names(),
+        )
+        return created.run.id
+
+    async with database.transaction() as db:
+        if session_id is not None:
+            # Locked before the key is looked up: a concurrent repeat of this request waits
+            # here, then finds the key and replays instead of seeing the session busy.
+            locked = await session_service.get_session(db, principal, session_id, lock=True)
+        run_id, replayed = await idempotency.once(
+            db, scope, sent.model_dump(mode="json", exclude_unset=True), create)
+        run = await db.get(RunRow, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+    if created is not None:
+        manager.bus.publish(run_id, created.created_event)
+        manager.publish_state(run_id, run.session_id, run.agent, run.owner, "queued")
+        if created.interrupts:
+            await manager.cancel(created.interrupts, f"interrupted by {run_id}")
+        if created.start_now:
+            manager.submit(run_id)
+    headers = {"Location": f"/v1/runs/{run_id}", "Content-Location": f"/v1/runs/{run_id}"}
+    if replayed:
+        headers["Idempotency-Replayed"] = "true"
+    if body.stream:
+        events = follow_run(database, manager.bus, run_id, run.session_id, 0)
+        if body.on_disconnect == "cancel" and not replayed:
+            events = _cancel_on_disconnect(events, manager, run_id)
+        return EventSourceResponse(sse_frames(events), ping=15, headers=headers)
+    code = status.HTTP_200_OK if replayed else status.HTTP_202_ACCEPTED
+    return Response(_view(run).model_dump_json(), status_code=code, headers=headers,
+                    media_type="application/json")
+
+
+async def _cancel_on_disconnect(
+    events: AsyncIterator[dict[str, Any]], manager: RunManager, run_id: str
+) -> AsyncIterator[dict[str, Any]]:
+    finished = False
+    try:
+        async for event in events:
+            yield event
+            finished = is_terminal(event)
+    finally:
+        if not finished:
+            asyncio.get_running_loop().create_task(
+                manager.cancel(run_id, "the client disconnected", wait=False))
+
+
+@router.post(
+    "/v1/sessions/{session_id}/runs", name="create", status_code=202,
+    summary="Start a run on a session", responses={**CREATED, **CREATE_ERRORS},
+    response_model=Run,
+)
+async def create_run(
+    session_id: SessionId, body: RunCreate, request: Request, principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Queue a run of the session's agent; with `stream: true`, follow it as SSE."""
+    return await _start(request, principal, session_id, body, idempotency_key, body)
+
+
+@router.post(
+    "/v1/runs", name="create_oneshot", status_code=202,
+    summary="Start a run in a new session", responses={**CREATED, **CREATE_ERRORS},
+    response_model=Run,
+)
+async def create_oneshot_run(
+    body: OneShotRunCreate, request: Request, principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Create a session of `agent` and its first run in one call."""
+    new_session = SessionCreate(agent=body.agent, title=body.session.title,
+                                metadata=body.session.metadata)
+    run_body = RunCreate.model_validate(body.model_dump(exclude={"agent", "session"},
+                                                        exclude_unset=True))
+    return await _start(request, principal, None, run_body, idempotency_key, body,
+                        new_session)
+
+
+@router.get("/v1/runs", name="list", summary="List runs", responses=errors(*READ))
+async def list_runs(
+    db: DbSession, principal: CurrentPrincipal,
+    status_: Annotated[RunStatus | None, Query(alias="status")] = None,
+    agent: Annotated[str | None, Query(max_length=64)] = None,
+    session_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = 50, cursor: Cursor = None,
+) -> RunPage:
+    """Newest first; users see their own runs, admins everyone's."""
+    rows, next_cursor = await service.list_runs(db, principal, status_, agent, session_id,
+                                                limit, cursor)
+    return RunPage(items=[_view(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/v1/runs/stream", name="stream_states", summary="Follow status changes of runs",
+    response_class=EventSourceResponse,
+    responses={200: {"description": "`run.state` events (`text/event-stream`): "
+                     "`{type, run_id, session_id, agent, status, stop_reason, ts}`",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+               **errors(*AUTH, 422)},
+)
+async def stream_run_states(
+    request: Request, principal: StreamPrincipal,
+    status_: Annotated[RunStatus | None, Query(alias="status")] = None,
+    agent: Annotated[str | None, Query(max_length=64)] = None,
+) -> EventSourceResponse:
+    """Live `run.state` events of the caller's runs (every run, for admins), for dashboards."""
+    bus = _manager(request).bus
+    subscription = bus.subscribe(bus.ALL)
+
+    async def states() -> AsyncIterator[ServerSentEvent]:
+        try:
+            yield ServerSentEvent(retry=RETRY_MS, comment="loomd")
+            while (state := await subscription.get()) is not None:
+                if not principal.can_see(state["owner"]):
+                    continue
+                if (status_ and state["status"] != status_) or (agent and state["agent"] != agent):
+                    continue
+                public = {k: v for k, v in state.items() if k != "owner"}
+                yield ServerSentEvent(data=json.dumps(public, separators=(",", ":")),
+                                      event="run.state")
+        finally:
+            bus.unsubscribe(subscription)
+
+    return EventSourceResponse(states(), ping=15)
+
+
+@router.get("/v1/runs/{run_id}", name="get", summary="Get a run", responses=errors(*READ))
+async def get_run(run_id: RunId, db: DbSession, principal: CurrentPrincipal) -> Run:
+    """One run with its status, output and usage."""
+    return _view(await service.get_run(db, principal, run_id))
+
+
+def _prefers_json(accept: str | None) -> bool:
+    """Whether `Accept` ranks `application/json` above `text/event-stream`."""
+    quality: dict[str, float] = {}
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = q
+    json_q = quality.get("application/json", -1.0)
+    sse_q = quality.get("text/event-stream", quality.get("*/*", -1.0))
+    return json_q > sse_q
+
+
+def _cursor(last_event_id: str | None, after: int | None) -> int:
+    if last_event_id is not None:
+        value = last_event_id.strip()
+        if not value.isascii() or not value.isdigit() or len(value) > 10:
+            raise BadRequest("Last-Event-ID must be a non-negative integer")
+        return int(value)
+    return after or 0
+
+
+@router.get(
+    "/v1/runs/{run_id}/events", name="events", summary="Follow a run's events",
+    responses={
+        200: {"description": "Server-Sent Events (`text/event-stream`), or a JSON page when "
+              "`Accept` prefers `application/json`",
+              "content": {"text/event-stream": {"schema": SSE_FRAME}},
+              "model": EventPage},
+        204: {"description": "The cursor is at or past the run's terminal event"},
+        **errors(*READ),
+    },
+    response_model=EventPage,
+)
+async def run_events(
+    run_id: RunId, request: Request, principal: StreamPrincipal,
+    after: Annotated[int | None, Query(ge=0, le=2**31 - 1,
+                                       description="only events with a greater seq")] = None,
+    limit: Limit = 200,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    """Replay events after the cursor (`Last-Event-ID` wins over `after`), then follow live."""
+    database = get_database(request)
+    cursor = _cursor(last_event_id, after)
+    async with database.read() as db:
+        run = await service.get_run(db, principal, run_id)
+        if _prefers_json(request.headers.get("accept")):
+            rows = await service.list_events(db, run_id, cursor, limit + 1)
+            items = [Event(type=r.type, seq=r.seq, run_id=run_id, session_id=run.session_id,
+                           ts=r.ts, data=r.data) for r in rows[:limit]]
+            page = EventPage(items=items,
+                             next_cursor=str(items[-1].seq) if len(rows) > limit else None)
+            return Response(page.model_dump_json(), media_type="application/json")
+    if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    events = follow_run(database, _manager(request).bus, run_id, run.session_id, cursor)
+    return EventSourceResponse(sse_frames(events), ping=15)
+
+
+@router.get(
+    "/v1/runs/{run_id}/wait", name="wait", summary="Wait for a run to finish",
+    responses=errors(*READ),
+)
+async def wait_for_run(
+    run_id: RunId, request: Request, principal: CurrentPrincipal,
+    timeout_s: Annotated[float, Query(ge=0, le=300)] = 30,
+) -> Run:
+    """The run once it is terminal or `requires_action`, or as it is when the time is up."""
+    database = get_database(request)
+    bus = _manager(request).bus
+    subscription = bus.subscribe(run_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        while True:
+            async with database.read() as db:
+                run = await service.get_run(db, principal, run_id)
+            remaining = deadline - loop.time()
+            if run.status in (*TERMINAL_STATUSES, "requires_action") or remaining <= 0:
+                return _view(run)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(subscription.get(), min(remaining, 1.0))
+    finally:
+        bus.unsubscribe(subscription)
+
+
+@router.post(
+    "/v1/runs/{run_id}/cancel", name="cancel", summary="Cancel a run",
+    responses=errors(*WRITE),
+)
+async def cancel_run(
+    run_id: RunId, request: Request, principal: CurrentPrincipal, body: RunCancel | None = None,
+) -> RunCancelled:
+    """Cancel the run (idempotent: a finished run gives `cancelled: 0`)."""
+    body = body or RunCancel()
+    database = get_database(request)
+    manager = _manager(request)
+    async with database.read() as db:
+        run = await service.get_run(db, principal, run_id)
+    cancelled = 0
+    if run.status not in TERMINAL_STATUSES:
+        reason = body.reason or "cancelled by the client"
+        if manager.is_running_here(run_id):
+            await manager.cancel(run_id, reason, wait=body.wait)
+        else:
+            await manager.finish_queued(run_id, reason)
+        cancelled = 1
+    async with database.read() as db:
+        run = await service.get_run(db, principal, run_id)
+    return RunCancelled(cancelled=cancelled, run=_view(run))

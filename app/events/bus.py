@@ -1,0 +1,64 @@
+"""In-process fan-out of persisted events to live subscribers.
+
+Each subscriber has a bounded queue. A subscriber that falls behind is cut off rather than
+slowing the run: its stream ends and the client resumes with `Last-Event-ID`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class Subscription:
+    """A bounded queue of one subscriber's events; `None` means it was cut off."""
+
+    def __init__(self, key: str, max_queued: int) -> None:
+        self.key = key
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(max_queued + 1)
+        self._max = max_queued
+        self.overflowed = False
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed:
+            return
+        if self._queue.qsize() >= self._max:
+            self.overflowed = True
+            self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(event)
+
+    async def get(self) -> Event | None:
+        return await self._queue.get()
+
+
+class EventBus:
+    """Publishes events by run id, and `run.state` changes to the `*` channel."""
+
+    ALL = "*"
+
+    def __init__(self, max_queued: int = 10_000) -> None:
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._max_queued = max_queued
+
+    def subscribe(self, key: str) -> Subscription:
+        subscription = Subscription(key, self._max_queued)
+        self._subscribers[key].add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.key)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.key]
+
+    def publish(self, key: str, event: Event) -> None:
+        for subscription in tuple(self._subscribers.get(key, ())):
+            subscription.offer(event)
+
+    def subscriber_count(self) -> int:
+        return sum(len(subs) for subs in self._subscribers.values())

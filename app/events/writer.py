@@ -1,0 +1,141 @@
+"""Batched event persistence: one INSERT per batch, published only once committed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from app.events.bus import EventBus
+from app.store.db import Database
+from app.store.tables import Run, RunEvent
+
+logger = logging.getLogger("loomd.events")
+
+_Item = tuple[dict[str, Any] | None, "asyncio.Future[None] | None"]
+"""An event (or None: a flush barrier) and the future of whoever waits for it."""
+
+
+class EventWriter:
+    """Collects events for up to `max_delay_s` or `max_batch` events, then writes them.
+
+    `write` queues and returns; `write_and_wait` returns once the event is committed and
+    published; `flush` returns once everything written before it is. A run's terminal event
+    is stored by the run's own final transaction after a `flush`, then handed to `published`.
+    """
+
+    def __init__(
+        self, database: Database, bus: EventBus, max_batch: int = 500, max_delay_s: float = 0.005
+    ) -> None:
+        self._database = database
+        self._bus = bus
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.persisted = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loomd-event-writer")
+
+    async def stop(self) -> None:
+        """Flush what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+    def write(self, event: dict[str, Any]) -> None:
+        self._queue.put_nowait((event, None))
+
+    async def write_and_wait(self, event: dict[str, Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, future))
+        await asyncio.shield(future)
+
+    async def flush(self) -> None:
+        """Wait until every event written before this call is committed and published."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((None, future))
+        await asyncio.shield(future)
+
+    def published(self, event: dict[str, Any]) -> None:
+        """Publish an event its caller has committed itself."""
+        self.persisted += 1
+        self._bus.publish(event["run_id"], event)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            await self._collect(batch)
+            try:
+                await self._flush(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _collect(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_delay_s
+        while len(batch) < self._max_batch:
+            if batch[-1][1] is not None and self._queue.empty():
+                return
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                return
+
+    async def _flush(self, batch: list[_Item]) -> None:
+        events = [event for event, _ in batch if event is not None]
+        error: BaseException | None = None
+        for attempt in range(5 if events else 0):
+            try:
+                await self._insert(events)
+                error = None
+                break
+            except Exception as exc:
+                error = exc
+                logger.warning("event batch write failed", extra={"attempt": attempt + 1,
+                                                                  "error": repr(exc)})
+                await asyncio.sleep(0.05 * 2**attempt)
+        if error is None:
+            self.persisted += len(events)
+            for event in events:
+                self._bus.publish(event["run_id"], event)
+        else:
+            logger.error("dropped %d events after repeated write failures", len(events))
+        for _, future in batch:
+            if future is not None and not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+
+    async def _insert(self, events: list[dict[str, Any]]) -> None:
+        rows = [{"run_id": e["run_id"], "seq": e["seq"], "type": e["type"], "data": e["data"],
+                 "ts": datetime.fromisoformat(e["ts"])} for e in events]
+        last_seq: dict[str, int] = {}
+        for event in events:
+            last_seq[event["run_id"]] = max(last_seq.get(event["run_id"], 0), event["seq"])
+        async with self._database.transaction() as db:
+            connection = await db.connection()
+            await connection.execute(sa.insert(RunEvent), rows)
+            for run_id, seq in last_seq.items():
+                await connection.execute(
+                    sa.update(Run).where(col(Run.id) == run_id, col(Run.last_seq) < seq)
+                    .values(last_seq=seq)
+                )

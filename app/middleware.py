@@ -1,0 +1,134 @@
+"""The outermost ASGI layer: request ids, body caps, last-resort 500s and the access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import internal_error_response, problem
+from app.request_context import RequestInfo, bind_request_id, reset_request_id
+
+REQUEST_INFO_KEY = "loomd.request"
+_VALID_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+access_logger = logging.getLogger("loomd.access")
+error_logger = logging.getLogger("loomd.errors")
+
+
+class BodyOverflow(HTTPException):
+    """Raised from `receive` when a body without a usable Content-Length passes the cap.
+
+    It is an HTTPException so the framework re-raises it instead of calling it bad JSON.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class RequestContextMiddleware:
+    """Per request: an `X-Request-ID`, the body cap, one access log line, no leaked traces."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        info = RequestInfo(request_id=request_id)
+        scope[REQUEST_INFO_KEY] = info
+        token = bind_request_id(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                response = problem(
+                    413, "body_too_large", "Body too large",
+                    f"the request body ({declared} bytes) exceeds the limit of "
+                    f"{self.max_body_bytes} bytes", headers={"Connection": "close"},
+                )
+                await response(scope, receive, send_with_id)
+            elif (rejection := _nul_in_url(scope)) is not None:
+                await rejection(scope, receive, send_with_id)
+            else:
+                await self.app(scope, self._capped(receive), send_with_id)
+        except Exception:
+            error_logger.exception("unhandled error")
+            if not response_started:
+                await internal_error_response()(scope, receive, send_with_id)
+        finally:
+            access_logger.info(
+                "request",
+                extra={
+                    "method": scope["method"], "path": scope["path"], "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "request_id": request_id, "subject": info.subject,
+                },
+            )
+            reset_request_id(token)
+
+    def _capped(self, receive: Receive) -> Receive:
+        received = 0
+        limit = self.max_body_bytes
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyOverflow(limit)
+            return message
+
+        return capped_receive
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    value = _header(scope, b"x-request-id")
+    return value if value and _VALID_REQUEST_ID.match(value) else None
+
+
+def _nul_in_url(scope: Scope) -> Response | None:
+    """A problem for a URL holding a NUL character, which no id, name or filter contains.
+
+    Postgres cannot even compare text with NUL in it, so such values never reach a query.
+    """
+    if "\x00" in scope["path"]:
+        return problem(404, "not_found", "Not found", "no such route")
+    query = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        return problem(400, "bad_request", "Bad request",
+                       "query parameters may not contain NUL characters")
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    return int(value) if value and value.strip().isdigit() else None

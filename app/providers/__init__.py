@@ -1,0 +1,1 @@
+"""LLM providers: one streaming protocol, an OpenAI-compatible client and a scripted fake."""

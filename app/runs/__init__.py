@@ -1,0 +1,1 @@
+"""Runs: creation, admission and the in-process manager."""

@@ -1,0 +1,113 @@
+"""Agents (§2): a named, versioned configuration."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints, field_validator
+
+from app.schemas.common import Metadata, Name, Page, RequestModel, ResponseModel, Timestamp
+from app.schemas.tools import ToolPolicy, ToolSpec, check_unique_tool_names
+
+ModelRef = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}:\S.{0,254}$"),
+    Field(description="`provider:model`, split at the first colon", examples=["scripted:demo"]),
+]
+Instructions = Annotated[str, Field(max_length=256 * 1024, description="the system prompt")]
+AgentDescription = Annotated[str, Field(max_length=4096)]
+
+
+class Sampling(RequestModel):
+    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    seed: int | None = None
+    stop: str | list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, description="a stop sequence or up to 4 of them")
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value: Any) -> Any:
+        if isinstance(value, list) and not 1 <= len(value) <= 4:
+            raise ValueError("give 1 to 4 stop sequences")
+        return value
+
+
+class Compaction(RequestModel):
+    enabled: bool = True
+    threshold_tokens: int = Field(default=24_000, ge=256, le=10_000_000)
+    keep_last: int = Field(default=6, ge=0, le=10_000)
+
+
+MaxTurns = Annotated[int, Field(ge=1, le=1000)]
+TimeoutS = Annotated[int, Field(ge=1, le=86_400)]
+Tools = Annotated[list[ToolSpec], Field(max_length=128)]
+
+
+class AgentSpec(RequestModel):
+    """Every configurable field of an agent, with its default."""
+
+    description: AgentDescription | None = None
+    model: ModelRef
+    instructions: Instructions | None = None
+    tools: Tools = Field(default_factory=list)
+    tool_policy: ToolPolicy = Field(default_factory=ToolPolicy)
+    sampling: Sampling = Field(default_factory=Sampling)
+    max_turns: MaxTurns = 16
+    timeout_s: TimeoutS = 600
+    compaction: Compaction = Field(default_factory=Compaction)
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
+
+    _unique_tools = field_validator("tools")(check_unique_tool_names)
+
+
+class AgentCreate(AgentSpec):
+    name: Name
+
+
+class AgentUpdate(RequestModel):
+    """A partial update: a field present replaces the whole value; null clears a nullable one."""
+
+    description: AgentDescription | None = None
+    model: ModelRef | None = None
+    instructions: Instructions | None = None
+    tools: Tools | None = None
+    tool_policy: ToolPolicy | None = None
+    sampling: Sampling | None = None
+    max_turns: MaxTurns | None = None
+    timeout_s: TimeoutS | None = None
+    compaction: Compaction | None = None
+    provider_options: dict[str, Any] | None = None
+    metadata: Metadata | None = None
+
+    _unique_tools = field_validator("tools")(
+        lambda value: value if value is None else check_unique_tool_names(value)
+    )
+
+
+NULLABLE_AGENT_FIELDS = frozenset({"description", "instructions"})
+
+
+class Agent(ResponseModel):
+    name: str
+    description: str | None
+    model: str
+    instructions: str | None
+    tools: list[ToolSpec]
+    tool_policy: ToolPolicy
+    sampling: Sampling
+    max_turns: int
+    timeout_s: int
+    compaction: Compaction
+    provider_options: dict[str, Any]
+    metadata: dict[str, Any]
+    version: int
+    owner: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class AgentPage(Page[Agent]):
+    """A page of agents (or of an agent's versions)."""

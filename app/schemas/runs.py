@@ -1,0 +1,142 @@
+"""Runs (§4.2): one execution of the loop on a session."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from app.runs.status import RunStatus
+from app.schemas.agents import Compaction, Instructions, MaxTurns, ModelRef, Sampling, TimeoutS
+from app.schemas.common import Metadata, Name, Page, RequestModel, ResponseModel, Timestamp
+from app.schemas.messages import Content
+from app.schemas.tools import ToolName
+
+
+class RunUsage(ResponseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    llm_calls: int = 0
+
+
+class RunError(ResponseModel):
+    code: str
+    detail: str
+
+
+class RequiredToolCall(ResponseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class RequiredAction(ResponseModel):
+    type: Literal["submit_tool_outputs", "approve_tool_calls"]
+    tool_calls: list[RequiredToolCall]
+    expires_at: Timestamp
+
+
+class Run(ResponseModel):
+    id: str = Field(examples=["run_Q1w2E3r4T5y6U7i8O9p0"])
+    session_id: str
+    agent: str
+    agent_version: int
+    owner: str
+    status: RunStatus
+    stop_reason: Literal["end_turn", "max_turns", "max_tokens"] | None
+    error: RunError | None
+    output: str | None
+    turns: int
+    usage: RunUsage
+    required_action: RequiredAction | None
+    parent_run_id: str | None
+    last_seq: int
+    metadata: dict[str, Any]
+    created_at: Timestamp
+    started_at: Timestamp | None
+    ended_at: Timestamp | None
+
+
+class RunPage(Page[Run]):
+    """A page of runs."""
+
+
+class InputMessage(RequestModel):
+    role: Literal["user", "system"]
+    content: Content
+
+
+RunInput = Annotated[
+    str | Annotated[list[InputMessage], Field(max_length=256)],
+    Field(description="text (one user message) or a list of user/system messages; empty only "
+          "with `on_pending: \"resume\"`"),
+]
+
+
+class RunOverrides(RequestModel):
+    """Per-run changes to the agent's configuration."""
+
+    model: ModelRef | None = None
+    instructions: Instructions | None = None
+    sampling: Sampling | None = None
+    max_turns: MaxTurns | None = None
+    timeout_s: TimeoutS | None = None
+    tools: Annotated[list[ToolName], Field(max_length=128)] | None = Field(
+        default=None, description="narrow the agent's tools to these names")
+    allowed_hosts: Annotated[list[Annotated[str, Field(max_length=253)]], Field(
+        max_length=256)] | None = None
+    compaction: Compaction | None = None
+
+
+class RunCreate(RequestModel):
+    input: RunInput = ""
+    stream: bool = False
+    if_busy: Literal["reject", "enqueue", "interrupt"] = "reject"
+    on_pending: Literal["reject", "resume", "abort"] = "reject"
+    on_disconnect: Literal["continue", "cancel"] = "continue"
+    overrides: RunOverrides = Field(default_factory=RunOverrides)
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _input_needed(self) -> RunCreate:
+        if self.on_pending != "resume" and self.input in ("", []):
+            raise ValueError("`input` may be empty only with `on_pending: \"resume\"`")
+        return self
+
+
+class NewSession(RequestModel):
+    title: Annotated[str, Field(max_length=512)] | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class OneShotRunCreate(RunCreate):
+    """A run in a new session of `agent`."""
+
+    agent: Name
+    session: NewSession = Field(default_factory=NewSession)
+
+
+class RunCancel(RequestModel):
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+    wait: bool = False
+
+
+class RunCancelled(ResponseModel):
+    cancelled: int
+    run: Run
+
+
+class Event(ResponseModel):
+    """One step of a run; the same JSON is the SSE `data`."""
+
+    type: str
+    seq: int
+    run_id: str
+    session_id: str
+    ts: Timestamp
+    data: dict[str, Any]
+
+
+class EventPage(Page[Event]):
+    """A page of events, ascending by `seq`."""

@@ -1,0 +1,71 @@
+"""Sessions (§3): a conversation owned by one agent."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from app.schemas.common import Metadata, Name, Page, RequestModel, ResponseModel, Timestamp
+from app.schemas.messages import Message
+
+SessionStatus = Literal["idle", "running", "pending"]
+Title = Annotated[str, Field(max_length=512)]
+
+
+class SessionCreate(RequestModel):
+    agent: Name
+    title: Title | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class SessionUpdate(RequestModel):
+    title: Title | None = None
+    metadata: Metadata | None = None
+
+
+class SessionFork(RequestModel):
+    at_seq: int | None = Field(
+        default=None, ge=1, description="copy messages up to and including this seq (default: all)"
+    )
+
+
+class SessionUsage(ResponseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Session(ResponseModel):
+    id: str = Field(examples=["ses_Yx2m9Qa0cB7dE4fG5hJ6"])
+    agent: str
+    owner: str
+    title: str | None
+    metadata: dict[str, object]
+    status: SessionStatus
+    active_run_id: str | None
+    parent_session_id: str | None
+    parent_run_id: str | None
+    message_count: int
+    usage: SessionUsage
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class MessagesAppended(ResponseModel):
+    """The messages as stored, and the session after the append."""
+
+    items: list[Message]
+    session: Session
+
+
+StatusFilter = Annotated[SessionStatus | None, Field(description="only sessions in this status")]
+AgentFilter = Annotated[Name | None, Field(description="only sessions of this agent")]
+
+
+class SessionPage(Page[Session]):
+    """A page of sessions."""
+
+
+class MessagePage(Page[Message]):
+    """A page of messages, ascending by `seq`."""

@@ -1,0 +1,189 @@
+"""Agents: create, read, patch (a new version each time), delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.clock import utcnow
+from app.config import Settings
+from app.errors import AgentExists, Conflict, NotFound, ValidationFailed
+from app.ids import new_id
+from app.runs.status import ACTIVE_STATUSES
+from app.schemas.agents import NULLABLE_AGENT_FIELDS, AgentCreate, AgentSpec, AgentUpdate
+from app.schemas.tools import HttpTool, ScriptedOptions
+from app.store.pagination import newest_first
+from app.store.tables import Agent, AgentVersion, Run
+from app.tools.url_guard import PrivateUrl, check_public_url
+
+
+def agent_view(agent: Agent) -> dict[str, Any]:
+    """The public shape of the agent's current version."""
+    return {**agent.config, "name": agent.name, "version": agent.version, "owner": agent.owner,
+            "created_at": agent.created_at, "updated_at": agent.updated_at}
+
+
+def version_view(agent: Agent, version: AgentVersion) -> dict[str, Any]:
+    """The public shape of a past version: as the agent was when that version was made."""
+    return {**version.config, "name": agent.name, "version": version.version,
+            "owner": agent.owner, "created_at": agent.created_at,
+            "updated_at": version.created_at}
+
+
+def _check_provider(spec: AgentSpec, settings: Settings) -> None:
+    provider = spec.model.split(":", 1)[0]
+    known = settings.provider_names()
+    if provider not in known:
+        raise ValidationFailed.at(
+            ["body", "model"],
+            f"unknown provider {provider!r}; known providers: {', '.join(known)}",
+        )
+    if provider == "scripted":
+        try:
+            ScriptedOptions.model_validate(spec.provider_options)
+        except ValidationError as exc:
+            errors = [{"loc": ["body", "provider_options", *e["loc"]], "msg": e["msg"],
+                       "type": e["type"]} for e in exc.errors()]
+            first = errors[0]
+            where = ".".join(str(p) for p in first["loc"][1:])
+            raise ValidationFailed(f"{where}: {first['msg']}", errors) from exc
+
+
+async def _check_tool_urls(spec: AgentSpec, settings: Settings) -> None:
+    if settings.allow_private_urls:
+        return
+    for index, tool in enumerate(spec.tools):
+        field = "url" if isinstance(tool, HttpTool) else "server_url"
+        url = getattr(tool, field, None)
+        if url is None:
+            continue
+        try:
+            await check_public_url(str(url))
+        except PrivateUrl as exc:
+            raise ValidationFailed.at(
+                ["body", "tools", index, field],
+                f"{exc} (set LOOMD_ALLOW_PRIVATE_URLS=true to allow private addresses)",
+                "private_url",
+            ) from exc
+
+
+async def _check_spec(spec: AgentSpec, settings: Settings) -> None:
+    """Checks that need the settings: a known provider, its options, public tool URLs."""
+    _check_provider(spec, settings)
+    await _check_tool_urls(spec, settings)
+
+
+async def _find(db: AsyncSession, owner: str, name: str, lock: bool = False) -> Agent | None:
+    query = select(Agent).where(Agent.owner == owner, Agent.name == name)
+    if lock:
+        query = query.with_for_update()
+    return (await db.exec(query)).first()
+
+
+async def get_agent(db: AsyncSession, owner: str, name: str, lock: bool = False) -> Agent:
+    agent = await _find(db, owner, name, lock)
+    if agent is None:
+        raise NotFound(f"agent {name!r} not found")
+    return agent
+
+
+async def create_agent(
+    db: AsyncSession, settings: Settings, owner: str, body: AgentCreate
+) -> Agent:
+    spec = AgentSpec.model_validate(body.model_dump(exclude={"name"}))
+    config = spec.model_dump(mode="json")
+    await _check_spec(spec, settings)
+    if await _find(db, owner, body.name) is not None:
+        raise AgentExists(f"agent {body.name!r} already exists", agent=body.name)
+    now = utcnow()
+    agent = Agent(id=new_id("agt"), owner=owner, name=body.name, version=1, config=config,
+                  created_at=now, updated_at=now)
+    db.add(agent)
+    db.add(AgentVersion(agent_id=agent.id, version=1, config=config, created_at=now))
+    try:
+        await db.flush()
+    except IntegrityError as exc:
+        raise AgentExists(f"agent {body.name!r} already exists", agent=body.name) from exc
+    return agent
+
+
+async def list_agents(
+    db: AsyncSession, owner: str | None, limit: int, cursor: str | None
+) -> tuple[Sequence[Agent], str | None]:
+    """Agents of `owner`, or of every owner when `owner` is None (admins)."""
+    query = select(Agent)
+    if owner is not None:
+        query = query.where(Agent.owner == owner)
+    return await newest_first(db, query, Agent, limit, cursor)
+
+
+async def update_agent(
+    db: AsyncSession, settings: Settings, owner: str, name: str, body: AgentUpdate
+) -> Agent:
+    agent = await get_agent(db, owner, name, lock=True)
+    changes = body.model_dump(mode="json", include=body.model_fields_set)
+    for field, value in changes.items():
+        if value is None and field not in NULLABLE_AGENT_FIELDS:
+            raise ValidationFailed.at(["body", field], "may not be null", "null_not_allowed")
+    try:
+        spec = AgentSpec.model_validate({**agent.config, **changes})
+    except ValidationError as exc:
+        raise ValidationFailed(
+            "the updated agent is not valid",
+            [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+             for e in exc.errors()],
+        ) from exc
+    await _check_spec(spec, settings)
+    config = spec.model_dump(mode="json")
+    if config == agent.config:
+        return agent
+    now = utcnow()
+    agent.version += 1
+    agent.config = config
+    agent.updated_at = now
+    db.add(agent)
+    db.add(AgentVersion(agent_id=agent.id, version=agent.version, config=config, created_at=now))
+    await db.flush()
+    return agent
+
+
+async def count_active_runs(db: AsyncSession, owner: str, name: str) -> int:
+    query = select(func.count()).select_from(Run).where(
+        Run.owner == owner, Run.agent == name, Run.status.in_(ACTIVE_STATUSES)  # type: ignore[attr-defined]
+    )
+    return int((await db.exec(query)).one())
+
+
+async def delete_agent(db: AsyncSession, owner: str, name: str) -> None:
+    agent = await get_agent(db, owner, name, lock=True)
+    active = await count_active_runs(db, owner, name)
+    if active:
+        raise Conflict(f"agent {name!r} has {active} active run(s)", active_runs=active)
+    await db.delete(agent)
+    await db.flush()
+
+
+async def list_versions(
+    db: AsyncSession, agent: Agent, limit: int, before: int | None
+) -> tuple[Sequence[AgentVersion], int | None]:
+    """Versions newest first; the cursor is the version number to continue below."""
+    query = select(AgentVersion).where(AgentVersion.agent_id == agent.id)
+    if before is not None:
+        query = query.where(AgentVersion.version < before)
+    query = query.order_by(AgentVersion.version.desc()).limit(limit + 1)  # type: ignore[attr-defined]
+    rows = list((await db.exec(query)).all())
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], rows[limit - 1].version
+
+
+async def get_version(db: AsyncSession, agent: Agent, version: int) -> AgentVersion:
+    row = await db.get(AgentVersion, (agent.id, version))
+    if row is None:
+        raise NotFound(f"agent {agent.name!r} has no version {version}")
+    return row

@@ -1,0 +1,180 @@
+"""SQLModel tables. One schema for SQLite and Postgres; every change is an Alembic revision."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from app.clock import utcnow
+from app.store.types import UTCDateTime
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def _json(name: str | None = None, nullable: bool = False) -> Any:
+    if name is None:
+        return Field(sa_type=JSONType, nullable=nullable)
+    return Field(sa_column=sa.Column(name, JSONType, nullable=nullable))
+
+
+def _timestamp(nullable: bool = False, index: bool = False) -> Any:
+    if nullable:
+        return Field(default=None, sa_type=UTCDateTime, nullable=True, index=index)
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=index)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    subject: str = Field(index=True, max_length=64)
+    role: str = Field(max_length=16)
+    key_hash: str = Field(unique=True, max_length=64)
+    key_prefix: str = Field(max_length=16)
+    created_at: datetime = _timestamp(index=True)
+    last_used_at: datetime | None = _timestamp(nullable=True)
+
+
+class Agent(SQLModel, table=True):
+    __tablename__ = "agents"
+    __table_args__ = (sa.UniqueConstraint("owner", "name"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    owner: str = Field(max_length=64)
+    name: str = Field(max_length=64)
+    version: int = 1
+    config: dict[str, Any] = _json()
+    created_at: datetime = _timestamp(index=True)
+    updated_at: datetime = _timestamp()
+
+
+class AgentVersion(SQLModel, table=True):
+    __tablename__ = "agent_versions"
+
+    agent_id: str = Field(
+        sa_column=sa.Column(sa.String(40), sa.ForeignKey("agents.id", ondelete="CASCADE"),
+                            primary_key=True)
+    )
+    version: int = Field(primary_key=True)
+    config: dict[str, Any] = _json()
+    created_at: datetime = _timestamp()
+
+
+class Session(SQLModel, table=True):
+    __tablename__ = "sessions"
+    __table_args__ = (sa.Index("ix_sessions_owner_created", "owner", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    owner: str = Field(max_length=64)
+    agent: str = Field(max_length=64, index=True)
+    title: str | None = None
+    meta: dict[str, Any] = _json("metadata")
+    status: str = Field(default="idle", max_length=16, index=True)
+    active_run_id: str | None = Field(default=None, max_length=40)
+    open_tool_calls: list[dict[str, Any]] = _json()
+    parent_session_id: str | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.String(40), sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+                            nullable=True, index=True),
+    )
+    parent_run_id: str | None = Field(default=None, max_length=40)
+    message_count: int = 0
+    last_seq: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    llm_calls: int = 0
+    todos: list[dict[str, Any]] = _json()
+    created_at: datetime = _timestamp(index=True)
+    updated_at: datetime = _timestamp()
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+
+    session_id: str = Field(
+        sa_column=sa.Column(sa.String(40), sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+                            primary_key=True)
+    )
+    seq: int = Field(primary_key=True)
+    role: str = Field(max_length=16)
+    content: Any = _json(nullable=True)
+    tool_calls: list[dict[str, Any]] | None = _json(nullable=True)
+    tool_call_id: str | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=128)
+    run_id: str | None = Field(default=None, max_length=40)
+    state: str = Field(default="active", max_length=16)
+    created_at: datetime = _timestamp()
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (
+        sa.Index("ix_runs_owner_created", "owner", "created_at"),
+        sa.Index("ix_runs_session_created", "session_id", "created_at"),
+        sa.Index("ix_runs_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    session_id: str = Field(
+        sa_column=sa.Column(sa.String(40), sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+                            nullable=False)
+    )
+    owner: str = Field(max_length=64)
+    agent: str = Field(max_length=64)
+    agent_version: int
+    status: str = Field(default="queued", max_length=24)
+    stop_reason: str | None = Field(default=None, max_length=24)
+    error: dict[str, Any] | None = _json(nullable=True)
+    output: str | None = None
+    turns: int = 0
+    usage: dict[str, Any] = _json()
+    required_action: dict[str, Any] | None = _json(nullable=True)
+    parent_run_id: str | None = Field(default=None, max_length=40, index=True)
+    last_seq: int = 0
+    meta: dict[str, Any] = _json("metadata")
+    request: dict[str, Any] = _json()
+    config: dict[str, Any] = _json()
+    executor_id: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = _timestamp(index=True)
+    started_at: datetime | None = _timestamp(nullable=True)
+    ended_at: datetime | None = _timestamp(nullable=True)
+
+
+class RunEvent(SQLModel, table=True):
+    __tablename__ = "run_events"
+
+    run_id: str = Field(
+        sa_column=sa.Column(sa.String(40), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+                            primary_key=True)
+    )
+    seq: int = Field(primary_key=True)
+    type: str = Field(max_length=40)
+    data: dict[str, Any] = _json()
+    ts: datetime = _timestamp()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    __tablename__ = "idempotency_keys"
+
+    subject: str = Field(primary_key=True, max_length=64)
+    method: str = Field(primary_key=True, max_length=8)
+    path: str = Field(primary_key=True, max_length=255)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    resource_id: str | None = Field(default=None, max_length=40)
+    created_at: datetime = _timestamp()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)

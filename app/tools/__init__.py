@@ -1,0 +1,1 @@
+"""Tools the loop can call, and the guards around them."""

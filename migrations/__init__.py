@@ -1,0 +1,1 @@
+"""Alembic migration scripts, shipped with the package so `loomd migrate` finds them."""

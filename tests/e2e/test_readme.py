@@ -1,0 +1,39 @@
+"""The README's curl walk-through works verbatim against a freshly started loomd."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.e2e.server import loomd_env, start_loomd
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def walk_through() -> str:
+    text = README.read_text()
+    section = text.split("## Walk-through", 1)[1]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert match, "the README has no walk-through code block"
+    return match.group(1)
+
+
+def test_readme_walk_through_runs_verbatim_in_open_mode(empty_database_url: str, tmp_path: Path):
+    server = start_loomd(tmp_path, loomd_env(LOOMD_DATABASE_URL=empty_database_url))
+    try:
+        server.wait_ready()
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", walk_through()], capture_output=True, text=True,
+            env=loomd_env(LOOMD=server.base_url), timeout=60, check=False,
+        )
+    finally:
+        assert server.stop(), server.log()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"subject":"alice"' in result.stdout
+    assert '"name":"greeter"' in result.stdout
+    assert '"title":"first chat"' in result.stdout
+    assert '"content":"Hi there"' in result.stdout
+    assert "event: run.completed" in result.stdout
+    assert '"output":"Hello! How can I help?"' in result.stdout
+    assert '"status":"completed"' in result.stdout
