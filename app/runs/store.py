@@ -13,7 +13,7 @@ from app.clock import utcnow
 from app.providers.base import Usage
 from app.runs.status import ACTIVE_STATUSES
 from app.services.sessions import message_view, open_calls_after, refresh_status
-from app.store.db import Database
+from app.store.db import Database, finishes_when_cancelled
 from app.store.tables import Message, Run, RunEvent, Session
 
 
@@ -60,6 +60,7 @@ class RunStore:
             rows = (await db.exec(query.order_by(col(Message.seq)))).all()
             return [message_view(m) for m in rows]
 
+    @finishes_when_cancelled
     async def mark_running(self, run_id: str) -> bool:
         """Claim the run for this process; False when it is no longer queued."""
         async with self.database.transaction() as db:
@@ -72,6 +73,7 @@ class RunStore:
             db.add(run)
             return True
 
+    @finishes_when_cancelled
     async def renew_leases(self, run_ids: Sequence[str]) -> None:
         """Extend the leases of `run_ids` (executing here) and of every run queued here.
 
@@ -86,6 +88,7 @@ class RunStore:
                 .values(lease_expires_at=utcnow() + self.lease)
             )
 
+    @finishes_when_cancelled
     async def append_messages(
         self, session_id: str, run_id: str, messages: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
@@ -111,6 +114,7 @@ class RunStore:
             await db.flush()
             return [message_view(row) for row in rows]
 
+    @finishes_when_cancelled
     async def next_call_index(self, session_id: str) -> int:
         async with self.database.transaction() as db:
             session = await db.get(Session, session_id, with_for_update=True)
@@ -120,6 +124,7 @@ class RunStore:
             db.add(session)
             return index
 
+    @finishes_when_cancelled
     async def add_usage(self, session_id: str, usage: Usage) -> None:
         async with self.database.transaction() as db:
             session = await db.get(Session, session_id, with_for_update=True)
@@ -134,6 +139,7 @@ class RunStore:
             session = await db.get(Session, session_id)
             return list(session.open_tool_calls) if session else []
 
+    @finishes_when_cancelled
     async def finish(
         self, run_id: str, status: str, terminal: dict[str, Any], *,
         only_if: Callable[[Run], bool] | None = None, **fields: Any,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
@@ -15,6 +17,35 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.config import Settings
 
 _BEGIN_OPTION = "loomd_sqlite_begin"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def finishes_when_cancelled(write: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Let a write transaction end (commit or roll back) before its caller's cancellation.
+
+    A task cancelled inside an aiosqlite call leaves the call running in the driver's thread
+    while SQLAlchemy gives up on the connection mid-transaction; SQLite's write lock then
+    stays taken and every later writer waits out the busy timeout. Run tasks are cancelled
+    at arbitrary points, so their writes run in a task of their own and the cancellation
+    is re-raised once the write is over.
+    """
+
+    @functools.wraps(write)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        inner = asyncio.ensure_future(write(*args, **kwargs))
+        cancelled = False
+        while not inner.done():
+            try:
+                await asyncio.shield(inner)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return inner.result()
+
+    return guarded
 
 
 def _install_sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:

@@ -96,7 +96,7 @@ class TestCalculator:
         result = await calculate(expression)
         assert result.is_error
         assert "too large" in result.output
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 2
 
     async def test_large_but_bounded_integers_are_exact(self):
         result = await calculate("2**5000 - 2**5000 + 7")
