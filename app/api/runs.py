@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -22,7 +21,7 @@ from app.api.deps import (
 from app.api.responses import AUTH, READ, WRITE, errors
 from app.errors import BadRequest, NotFound
 from app.events.sse import RETRY_MS, follow_run, sse_frames
-from app.events.types import is_terminal
+from app.events.types import TERMINAL_EVENTS, is_terminal
 from app.runs.manager import RunManager
 from app.runs.status import TERMINAL_STATUSES, RunStatus
 from app.schemas.runs import (
@@ -43,6 +42,9 @@ from app.store.tables import Run as RunRow
 from app.store.tables import Session as SessionRow
 
 router = APIRouter(tags=["runs"])
+
+WAIT_ENDS = (*TERMINAL_STATUSES, "requires_action")
+WAIT_EVENTS = TERMINAL_EVENTS | {"run.requires_action"}
 
 RunId = Annotated[str, Path(description="the run's id (`run_…`)", max_length=64)]
 SessionId = Annotated[str, Path(description="the session's id (`ses_…`)", max_length=64)]
@@ -322,11 +324,21 @@ async def wait_for_run(
         while True:
             async with database.read() as db:
                 run = await service.get_run(db, principal, run_id)
-            remaining = deadline - loop.time()
-            if run.status in (*TERMINAL_STATUSES, "requires_action") or remaining <= 0:
+            if run.status in WAIT_ENDS:
                 return _view(run)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(subscription.get(), min(remaining, 1.0))
+            # Re-read when the run may have reached a state `wait` returns; at least every
+            # second all the same, for a run that another process executes.
+            settled_at = min(deadline, loop.time() + 1.0)
+            while (remaining := settled_at - loop.time()) > 0:
+                try:
+                    event = await asyncio.wait_for(subscription.get(), remaining)
+                except TimeoutError:
+                    break
+                if event is None or event["type"] in WAIT_EVENTS:
+                    break
+            if loop.time() >= deadline:
+                async with database.read() as db:
+                    return _view(await service.get_run(db, principal, run_id))
     finally:
         bus.unsubscribe(subscription)
 

@@ -21,20 +21,20 @@ _Item = tuple[dict[str, Any] | None, "asyncio.Future[None] | None"]
 
 
 class EventWriter:
-    """Collects events for up to `max_delay_s` or `max_batch` events, then writes them.
+    """Writes queued events in batches: one INSERT per batch, then publishes them.
 
-    `write` queues and returns; `write_and_wait` returns once the event is committed and
-    published; `flush` returns once everything written before it is. A run's terminal event
-    is stored by the run's own final transaction after a `flush`, then handed to `published`.
+    Group commit: a batch is whatever was queued when the previous write ended (up to
+    `max_batch`), so an idle service writes an event at once and a busy one writes many
+    per transaction. `write` queues and returns; `write_and_wait` returns once the event is
+    committed and published; `flush` returns once everything written before it is. A run's
+    terminal event is stored by the run's own final transaction after a `flush`, then
+    handed to `published`.
     """
 
-    def __init__(
-        self, database: Database, bus: EventBus, max_batch: int = 500, max_delay_s: float = 0.005
-    ) -> None:
+    def __init__(self, database: Database, bus: EventBus, max_batch: int = 1000) -> None:
         self._database = database
         self._bus = bus
         self._max_batch = max_batch
-        self._max_delay_s = max_delay_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.persisted = 0
@@ -73,31 +73,13 @@ class EventWriter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            await self._collect(batch)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
                 await self._flush(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
-
-    async def _collect(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_delay_s
-        while len(batch) < self._max_batch:
-            if batch[-1][1] is not None and self._queue.empty():
-                return
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                return
 
     async def _flush(self, batch: list[_Item]) -> None:
         events = [event for event, _ in batch if event is not None]

@@ -37,9 +37,9 @@ class LoopHost(Protocol):
 
     async def append_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
-    async def next_call_index(self) -> int: ...
+    def next_call_index(self) -> int: ...
 
-    async def add_usage(self, usage: Usage) -> None: ...
+    def add_usage(self, usage: Usage) -> None: ...
 
     def tool_context(self, tool_call_id: str) -> ToolContext: ...
 
@@ -161,11 +161,15 @@ class AgentLoop:
                      "function": {"name": c.name, "arguments": c.arguments}}
                     for c in completion.tool_calls
                 ]
+            self._count_usage(completion.usage)  # stored with the message
             stored = await self.host.append_messages([message])
             history.append(message)
             await self.host.emit("message.completed", {
                 "turn": turn, "message": stored[0], "finish_reason": completion.finish_reason})
-            await self._record_usage(turn, completion.usage)
+            usage = completion.usage
+            await self.host.emit("usage", {
+                "turn": turn, "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens})
             if completion.tool_calls:
                 return completion, None
             if completion.finish_reason != "length":
@@ -175,14 +179,11 @@ class AgentLoop:
             nudges += 1
             extra = [NUDGE]
 
-    async def _record_usage(self, turn: int, usage: Usage) -> None:
+    def _count_usage(self, usage: Usage) -> None:
         self.usage["prompt_tokens"] += usage.prompt_tokens
         self.usage["completion_tokens"] += usage.completion_tokens
         self.usage["total_tokens"] += usage.total_tokens
-        await self.host.add_usage(usage)
-        await self.host.emit("usage", {
-            "turn": turn, "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens})
+        self.host.add_usage(usage)
 
     def _request(self, messages: list[dict[str, Any]], call_index: int) -> LLMRequest:
         system = ([{"role": "system", "content": self.config.instructions}]
@@ -198,7 +199,7 @@ class AgentLoop:
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
             self.usage["llm_calls"] += 1
-            request = self._request(messages, await self.host.next_call_index())
+            request = self._request(messages, self.host.next_call_index())
             started = time.monotonic()
             try:
                 completion = await self._stream(turn, request)

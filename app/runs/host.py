@@ -13,7 +13,7 @@ from app.events.writer import EventWriter
 from app.loop.engine import AgentLoop
 from app.metrics import Metrics
 from app.providers.base import Usage
-from app.runs.store import RunStore
+from app.runs.store import RunStore, Tally
 from app.tools.base import ToolContext
 
 T = TypeVar("T")
@@ -61,8 +61,9 @@ class RunHost:
     """The loop's host for one run (see `app.loop.engine.LoopHost`)."""
 
     def __init__(self, store: RunStore, events: RunEvents, run_id: str, session_id: str,
-                 owner: str) -> None:
+                 owner: str, llm_calls: int = 0) -> None:
         self.store = store
+        self.tally = Tally(llm_calls)
         self.events = events
         self.run_id = run_id
         self.session_id = session_id
@@ -83,14 +84,17 @@ class RunHost:
         await self.events.emit(type_, data)
 
     async def append_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        stored = await self.store.append_messages(self.session_id, self.run_id, messages)
+        stored = await self.store.append_messages(self.session_id, self.run_id, messages,
+                                                  self.tally)
         return [_json_message(m) for m in stored]
 
-    async def next_call_index(self) -> int:
-        return await self.store.next_call_index(self.session_id)
+    def next_call_index(self) -> int:
+        """Number the next LLM call of the session (stored with the run's next write)."""
+        self.tally.llm_calls += 1
+        return self.tally.llm_calls - 1
 
-    async def add_usage(self, usage: Usage) -> None:
-        await self.store.add_usage(self.session_id, usage)
+    def add_usage(self, usage: Usage) -> None:
+        self.tally.add(usage)
 
     def observe_llm_call(self, seconds: float, outcome: str) -> None:
         if self.metrics is not None:

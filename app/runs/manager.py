@@ -21,7 +21,7 @@ from app.providers.registry import ProviderRegistry
 from app.runs.host import RunEvents, RunHost
 from app.runs.store import RunStore, StateChanged, is_orphaned, is_queued
 from app.store.db import Database
-from app.store.tables import Run, Session
+from app.store.tables import Run
 from app.tools.base import ToolResult
 from app.tools.runner import ToolRunner
 
@@ -226,12 +226,13 @@ class RunManager:
     # execution
 
     async def _execute(self, run_id: str) -> None:
-        loaded = await self.store.load(run_id)
-        if loaded is None or not await self.store.mark_running(run_id):
+        started = await self.store.start(run_id, store_input=run_id not in self._stops)
+        if started is None:
             return
-        run, session = loaded
+        run = started.run
         events = RunEvents(self.writer, run.id, run.session_id, run.last_seq)
-        host = RunHost(self.store, events, run.id, run.session_id, run.owner)
+        host = RunHost(self.store, events, run.id, run.session_id, run.owner,
+                       started.session.llm_calls)
         host.metrics = self.metrics
         host.agent = run.agent
         host.provider_name = str(run.config.get("model", "")).split(":", 1)[0]
@@ -246,7 +247,7 @@ class RunManager:
             await events.emit("run.started", {})
             self.publish_state(run.id, run.session_id, run.agent, run.owner, "running")
             async with asyncio.timeout(run.config.get("timeout_s", 600)):
-                outcome = await self._drive(run, session, host)
+                outcome = await self._drive(run, host, started.input_stored)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -278,7 +279,7 @@ class RunManager:
         assert outcome is not None
         await self._report(host, outcome)
 
-    async def _drive(self, run: Run, session: Session, host: RunHost) -> Outcome:
+    async def _drive(self, run: Run, host: RunHost, input_stored: bool) -> Outcome:
         config = run.config
         try:
             provider, model = self.providers.get(config["model"])
@@ -286,9 +287,10 @@ class RunManager:
             return Outcome("failed", 0, error={"code": "provider_error", "detail": error.message})
         tools = ToolRunner.from_specs(config.get("tools", []), only=config.get("only_tools"))
         request = run.request
-        await self._settle_pending(host, tools, request.get("on_pending", "reject"))
-        if request.get("input"):
-            await host.append_messages(request["input"])
+        if not input_stored:  # stored as the run started unless tool calls were open
+            await self._settle_pending(host, tools, request.get("on_pending", "reject"))
+            if request.get("input"):
+                await host.append_messages(request["input"])
         loop = AgentLoop(
             LoopConfig(
                 model=model, instructions=config.get("instructions"),
@@ -353,7 +355,8 @@ class RunManager:
         try:
             next_run = await host.events.end(
                 f"run.{status}", data,
-                lambda event: self.store.finish(host.run_id, status, event, **fields))
+                lambda event: self.store.finish(host.run_id, status, event, tally=host.tally,
+                                                **fields))
         except StateChanged:
             logger.warning("the run was ended elsewhere", extra={"run_id": host.run_id})
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,42 @@ from app.runs.status import ACTIVE_STATUSES
 from app.services.sessions import message_view, open_calls_after, refresh_status
 from app.store.db import Database, finishes_when_cancelled
 from app.store.tables import Message, Run, RunEvent, Session
+
+
+@dataclass
+class Tally:
+    """Session counters a run keeps in memory and stores with its next write.
+
+    `llm_calls` is the session's running count of LLM calls (it numbers the calls, so it is
+    an absolute value); the token counts are usage not stored yet.
+    """
+
+    llm_calls: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def add(self, usage: Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.total_tokens += usage.total_tokens
+
+    def store_into(self, session: Session) -> None:
+        """Add the unsaved usage to `session` and forget it."""
+        session.llm_calls = max(session.llm_calls, self.llm_calls)
+        session.prompt_tokens += self.prompt_tokens
+        session.completion_tokens += self.completion_tokens
+        session.total_tokens += self.total_tokens
+        self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
+
+
+@dataclass
+class StartedRun:
+    """A run this process just claimed, with what its loop starts from."""
+
+    run: Run
+    session: Session
+    input_stored: bool
 
 
 class StateChanged(Exception):
@@ -61,17 +98,27 @@ class RunStore:
             return [message_view(m) for m in rows]
 
     @finishes_when_cancelled
-    async def mark_running(self, run_id: str) -> bool:
-        """Claim the run for this process; False when it is no longer queued."""
+    async def start(self, run_id: str, store_input: bool) -> StartedRun | None:
+        """Claim a `queued` run for this process; None when it is not queued any more.
+
+        With `store_input`, the run's input is appended to the session in the same
+        transaction, unless tool calls wait for results (they must be answered first).
+        """
         async with self.database.transaction() as db:
             run = await db.get(Run, run_id, with_for_update=True)
-            if run is None or run.status != "queued":
-                return False
+            session = await db.get(Session, run.session_id) if run is not None else None
+            if run is None or session is None or run.status != "queued":
+                return None
             now = utcnow()
             run.status, run.started_at = "running", now
             run.executor_id, run.lease_expires_at = self.executor_id, now + self.lease
             db.add(run)
-            return True
+            messages = run.request.get("input") or []
+            input_stored = store_input and bool(messages) and not session.open_tool_calls
+            if input_stored:
+                _add_messages(db, session, run.id, messages, now)
+            await db.flush()
+            return StartedRun(run, session, input_stored)
 
     @finishes_when_cancelled
     async def renew_leases(self, run_ids: Sequence[str]) -> None:
@@ -90,49 +137,16 @@ class RunStore:
 
     @finishes_when_cancelled
     async def append_messages(
-        self, session_id: str, run_id: str, messages: list[dict[str, Any]]
+        self, session_id: str, run_id: str, messages: list[dict[str, Any]], tally: Tally,
     ) -> list[dict[str, Any]]:
+        """Append `messages` to the session, storing the run's `tally` with them."""
         async with self.database.transaction() as db:
             session = await db.get(Session, session_id, with_for_update=True)
             assert session is not None
-            now = utcnow()
-            rows = []
-            for message in messages:
-                session.last_seq += 1
-                rows.append(Message(
-                    session_id=session_id, seq=session.last_seq, role=message["role"],
-                    content=message.get("content"), tool_calls=message.get("tool_calls"),
-                    tool_call_id=message.get("tool_call_id"), name=message.get("name"),
-                    run_id=run_id, created_at=now,
-                ))
-            db.add_all(rows)
-            session.open_tool_calls = open_calls_after(session.open_tool_calls, messages)
-            session.message_count += len(rows)
-            session.updated_at = now
-            refresh_status(session)
-            db.add(session)
+            rows = _add_messages(db, session, run_id, messages, utcnow())
+            tally.store_into(session)
             await db.flush()
             return [message_view(row) for row in rows]
-
-    @finishes_when_cancelled
-    async def next_call_index(self, session_id: str) -> int:
-        async with self.database.transaction() as db:
-            session = await db.get(Session, session_id, with_for_update=True)
-            assert session is not None
-            index = session.llm_calls
-            session.llm_calls += 1
-            db.add(session)
-            return index
-
-    @finishes_when_cancelled
-    async def add_usage(self, session_id: str, usage: Usage) -> None:
-        async with self.database.transaction() as db:
-            session = await db.get(Session, session_id, with_for_update=True)
-            assert session is not None
-            session.prompt_tokens += usage.prompt_tokens
-            session.completion_tokens += usage.completion_tokens
-            session.total_tokens += usage.total_tokens
-            db.add(session)
 
     async def open_tool_calls(self, session_id: str) -> list[dict[str, Any]]:
         async with self.database.read() as db:
@@ -142,7 +156,8 @@ class RunStore:
     @finishes_when_cancelled
     async def finish(
         self, run_id: str, status: str, terminal: dict[str, Any], *,
-        only_if: Callable[[Run], bool] | None = None, **fields: Any,
+        only_if: Callable[[Run], bool] | None = None, tally: Tally | None = None,
+        **fields: Any,
     ) -> str | None:
         """Record the run's end with its `terminal` event and free its session.
 
@@ -165,6 +180,9 @@ class RunStore:
                 setattr(run, key, value)
             db.add(run)
             session = await db.get(Session, run.session_id, with_for_update=True)
+            if session is not None and tally is not None:
+                tally.store_into(session)
+                db.add(session)
             next_run_id = None
             if session is not None and session.active_run_id == run_id:
                 next_run_id = await self._next_queued(db, session.id, run_id)
@@ -197,3 +215,23 @@ class RunStore:
                 col(Run.status).in_(ACTIVE_STATUSES), col(Run.lease_expires_at) < now
             )
             return list((await db.exec(query)).all())
+
+
+def _add_messages(db: Any, session: Session, run_id: str, messages: list[dict[str, Any]],
+                  now: datetime) -> list[Message]:
+    rows = []
+    for message in messages:
+        session.last_seq += 1
+        rows.append(Message(
+            session_id=session.id, seq=session.last_seq, role=message["role"],
+            content=message.get("content"), tool_calls=message.get("tool_calls"),
+            tool_call_id=message.get("tool_call_id"), name=message.get("name"),
+            run_id=run_id, created_at=now,
+        ))
+    db.add_all(rows)
+    session.open_tool_calls = open_calls_after(session.open_tool_calls, messages)
+    session.message_count += len(rows)
+    session.updated_at = now
+    refresh_status(session)
+    db.add(session)
+    return rows
