@@ -143,13 +143,13 @@ async def _start(
 
 
 async def _cancel_on_disconnect(
-    events: AsyncIterator[dict[str, Any]], manager: RunManager, run_id: str
-) -> AsyncIterator[dict[str, Any]]:
+    batches: AsyncIterator[list[dict[str, Any]]], manager: RunManager, run_id: str
+) -> AsyncIterator[list[dict[str, Any]]]:
     finished = False
     try:
-        async for event in events:
-            yield event
-            finished = is_terminal(event)
+        async for batch in batches:
+            yield batch
+            finished = is_terminal(batch[-1])
     finally:
         if not finished:
             asyncio.get_running_loop().create_task(

@@ -34,6 +34,13 @@ class Subscription:
     async def get(self) -> Event | None:
         return await self._queue.get()
 
+    def drain(self) -> list[Event | None]:
+        """Everything queued now, without waiting."""
+        items: list[Event | None] = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
 
 class EventBus:
     """Publishes events by run id, and `run.state` changes to the `*` channel."""

@@ -19,12 +19,14 @@ RETRY_MS = 2000
 
 async def follow_run(
     database: Database, bus: EventBus, run_id: str, session_id: str, after: int
-) -> AsyncIterator[dict[str, Any]]:
-    """Every event with seq > `after`, in order, until the terminal one.
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every event with seq > `after`, in order and in batches, until the terminal one.
 
-    Subscribes before reading the store, so nothing published meanwhile is missed; an event
-    seen both ways is sent once. Ends early when the subscriber fell too far behind (the
-    client then reconnects with `Last-Event-ID`).
+    A batch is what is at hand at once (a page of the store, or the live events queued
+    meanwhile), so a fast run's events reach the client in few writes. Subscribes before
+    reading the store, so nothing published meanwhile is missed; an event seen both ways is
+    sent once. Ends early when the subscriber fell too far behind (the client then
+    reconnects with `Last-Event-ID`).
     """
     subscription = bus.subscribe(run_id)
     try:
@@ -32,37 +34,49 @@ async def follow_run(
         while True:
             async with database.read() as db:
                 rows = await list_events(db, run_id, last, REPLAY_PAGE)
-            for row in rows:
-                event = envelope(row.type, row.seq, run_id, session_id, row.ts, row.data)
-                yield event
-                last = row.seq
-                if is_terminal(event):
-                    return
+            page = [envelope(row.type, row.seq, run_id, session_id, row.ts, row.data)
+                    for row in rows]
+            batch, ended = _until_terminal(page)
+            if batch:
+                yield batch
+                last = batch[-1]["seq"]
+            if ended:
+                return
             if len(rows) < REPLAY_PAGE:
                 break
         while True:
-            live = await subscription.get()
-            if live is None:
-                return
-            if live["seq"] <= last:
-                continue
-            yield live
-            last = live["seq"]
-            if is_terminal(live):
+            first = await subscription.get()
+            queued = [first, *subscription.drain()]
+            cut_off = None in queued
+            fresh = [e for e in queued if e is not None and e["seq"] > last]
+            batch, ended = _until_terminal(fresh)
+            if batch:
+                yield batch
+                last = batch[-1]["seq"]
+            if ended or cut_off:
                 return
     finally:
         bus.unsubscribe(subscription)
 
 
-def to_sse(event: dict[str, Any]) -> ServerSentEvent:
-    return ServerSentEvent(
-        data=json.dumps(event, separators=(",", ":"), ensure_ascii=False),
-        event=event["type"], id=str(event["seq"]),
-    )
+def _until_terminal(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """`events` up to and including a terminal one, and whether there was one."""
+    for index, event in enumerate(events):
+        if is_terminal(event):
+            return events[:index + 1], True
+    return events, False
 
 
-async def sse_frames(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ServerSentEvent]:
-    """`retry:` once, then one frame per event."""
+def sse_frame(event: dict[str, Any]) -> str:
+    """One event as an SSE frame (JSON escapes line breaks, so `data` is one line)."""
+    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {event['seq']}\r\nevent: {event['type']}\r\ndata: {data}\r\n\r\n"
+
+
+async def sse_frames(
+    batches: AsyncIterator[list[dict[str, Any]]],
+) -> AsyncIterator[ServerSentEvent | bytes]:
+    """`retry:` once, then each batch of events as one write."""
     yield ServerSentEvent(retry=RETRY_MS, comment="loomd")
-    async for event in events:
-        yield to_sse(event)
+    async for batch in batches:
+        yield "".join(map(sse_frame, batch)).encode()
