@@ -16,8 +16,8 @@ from app.store.tables import Run, RunEvent
 
 logger = logging.getLogger("loomd.events")
 
-_Item = tuple[dict[str, Any] | None, "asyncio.Future[None] | None"]
-"""An event (or None: a flush barrier) and the future of whoever waits for it."""
+_Item = tuple[dict[str, Any], datetime] | asyncio.Future[None]
+"""An event with its time, or a flush barrier: the future of whoever waits for it."""
 
 
 class EventWriter:
@@ -25,8 +25,8 @@ class EventWriter:
 
     Group commit: a batch is whatever was queued when the previous write ended (up to
     `max_batch`), so an idle service writes an event at once and a busy one writes many
-    per transaction. `write` queues and returns; `write_and_wait` returns once the event is
-    committed and published; `flush` returns once everything written before it is. A run's
+    per transaction. `write` queues and returns; `flush` returns once everything written
+    before it is committed and published. A run's
     terminal event is stored by the run's own final transaction after a `flush`, then
     handed to `published`.
     """
@@ -51,18 +51,14 @@ class EventWriter:
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
 
-    def write(self, event: dict[str, Any]) -> None:
-        self._queue.put_nowait((event, None))
-
-    async def write_and_wait(self, event: dict[str, Any]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((event, future))
-        await asyncio.shield(future)
+    def write(self, event: dict[str, Any], ts: datetime) -> None:
+        """Queue `event`; `ts` is its time (`event["ts"]` as a datetime)."""
+        self._queue.put_nowait((event, ts))
 
     async def flush(self) -> None:
         """Wait until every event written before this call is committed and published."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((None, future))
+        self._queue.put_nowait(future)
         await asyncio.shield(future)
 
     def published(self, event: dict[str, Any]) -> None:
@@ -82,7 +78,7 @@ class EventWriter:
                     self._queue.task_done()
 
     async def _flush(self, batch: list[_Item]) -> None:
-        events = [event for event, _ in batch if event is not None]
+        events = [item for item in batch if isinstance(item, tuple)]
         error: BaseException | None = None
         for attempt in range(5 if events else 0):
             try:
@@ -96,22 +92,22 @@ class EventWriter:
                 await asyncio.sleep(0.05 * 2**attempt)
         if error is None:
             self.persisted += len(events)
-            for event in events:
+            for event, _ in events:
                 self._bus.publish(event["run_id"], event)
         else:
             logger.error("dropped %d events after repeated write failures", len(events))
-        for _, future in batch:
-            if future is not None and not future.done():
+        for future in batch:
+            if isinstance(future, asyncio.Future) and not future.done():
                 if error is None:
                     future.set_result(None)
                 else:
                     future.set_exception(error)
 
-    async def _insert(self, events: list[dict[str, Any]]) -> None:
+    async def _insert(self, events: list[tuple[dict[str, Any], datetime]]) -> None:
         rows = [{"run_id": e["run_id"], "seq": e["seq"], "type": e["type"], "data": e["data"],
-                 "ts": datetime.fromisoformat(e["ts"])} for e in events]
+                 "ts": ts} for e, ts in events]
         last_seq: dict[str, int] = {}
-        for event in events:
+        for event, _ in events:
             last_seq[event["run_id"]] = max(last_seq.get(event["run_id"], 0), event["seq"])
         async with self._database.transaction() as db:
             connection = await db.connection()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from app.clock import utcnow
@@ -28,16 +29,17 @@ class RunEvents:
         self.session_id = session_id
         self.seq = last_seq
 
-    def _next(self, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    def _next(self, type_: str, data: dict[str, Any], ts: datetime) -> dict[str, Any]:
         self.seq += 1
-        return envelope(type_, self.seq, self.run_id, self.session_id, utcnow(), data)
+        return envelope(type_, self.seq, self.run_id, self.session_id, ts, data)
 
     async def emit(self, type_: str, data: dict[str, Any]) -> None:
         """Queue a non-terminal event (terminal ones go through `end`)."""
-        event = self._next(type_, data)
+        ts = utcnow()
+        event = self._next(type_, data, ts)
         if is_terminal(event):
             raise ValueError(f"{type_} ends a run: use RunEvents.end")
-        self.writer.write(event)
+        self.writer.write(event, ts)
 
     async def end(
         self, type_: str, data: dict[str, Any],
@@ -49,7 +51,7 @@ class RunEvents:
         Earlier events are flushed first, so whoever sees the run finished also finds all
         of its events, the terminal one last.
         """
-        event = self._next(type_, data)
+        event = self._next(type_, data, utcnow())
         with contextlib.suppress(Exception):  # the writer logged it; the run must still end
             await self.writer.flush()
         result = await commit(event)
