@@ -24,9 +24,8 @@ from app.events.sse import RETRY_MS, follow_run, sse_frames
 from app.events.types import TERMINAL_EVENTS, is_terminal
 from app.runs.manager import RunManager
 from app.runs.status import TERMINAL_STATUSES, RunStatus
+from app.schemas.events import Event, EventPage
 from app.schemas.runs import (
-    Event,
-    EventPage,
     OneShotRunCreate,
     Run,
     RunCancel,
@@ -295,10 +294,11 @@ async def run_events(
         run = await service.get_run(db, principal, run_id)
         if _prefers_json(request.headers.get("accept")):
             rows = await service.list_events(db, run_id, cursor, limit + 1)
-            items = [Event(type=r.type, seq=r.seq, run_id=run_id, session_id=run.session_id,
-                           ts=r.ts, data=r.data) for r in rows[:limit]]
-            page = EventPage(items=items,
-                             next_cursor=str(items[-1].seq) if len(rows) > limit else None)
+            items = [Event.model_validate({
+                "type": r.type, "seq": r.seq, "run_id": run_id, "session_id": run.session_id,
+                "ts": r.ts, "data": r.data}) for r in rows[:limit]]
+            page = EventPage(items=items, next_cursor=str(rows[limit - 1].seq)
+                             if len(rows) > limit else None)
             return Response(page.model_dump_json(), media_type="application/json")
     if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
         return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -125,18 +125,3 @@ class RunCancel(RequestModel):
 class RunCancelled(ResponseModel):
     cancelled: int
     run: Run
-
-
-class Event(ResponseModel):
-    """One step of a run; the same JSON is the SSE `data`."""
-
-    type: str
-    seq: int
-    run_id: str
-    session_id: str
-    ts: Timestamp
-    data: dict[str, Any]
-
-
-class EventPage(Page[Event]):
-    """A page of events, ascending by `seq`."""

@@ -1,0 +1,231 @@
+"""Run events (§5): the envelope, and the `data` of each `type`, as one discriminated union.
+
+SDKs generated from the OpenAPI document get a typed event per `type`. Clients must ignore
+types they do not know, so `data` models accept fields added later.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from app.schemas.common import Page, Timestamp
+from app.schemas.messages import Message
+from app.schemas.runs import RequiredAction, Run, RunError, RunUsage
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class NoData(_Data):
+    pass
+
+
+class TurnData(_Data):
+    turn: int
+
+
+class TextDeltaData(TurnData):
+    text: str
+
+
+class RunCreatedData(_Data):
+    run: Run
+
+
+class MessageCompletedData(TurnData):
+    message: Message
+    finish_reason: str | None = None
+
+
+class ToolStartedData(TurnData):
+    tool_call_id: str
+    name: str
+    arguments: Any = Field(description="the parsed JSON arguments, or the raw text when they "
+                                       "are not valid JSON")
+
+
+class ToolCompletedData(TurnData):
+    tool_call_id: str
+    name: str
+    output: str
+    is_error: bool
+    duration_ms: int
+
+
+class ToolDeniedData(TurnData):
+    tool_call_id: str
+    name: str
+    by: Literal["policy", "hook", "approval", "rate_limit"]
+    reason: str
+
+
+class HookDecisionData(_Data):
+    hook_id: str
+    phase: str
+    tool_call_id: str | None = None
+    decision: str
+    duration_ms: int
+
+
+class RequiresActionData(_Data):
+    required_action: RequiredAction
+
+
+class RetryData(_Data):
+    attempt: int
+    max_attempts: int
+    error: str
+    wait_ms: int
+
+
+class UsageData(TurnData):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompactionData(_Data):
+    before_tokens: int
+    after_tokens: int
+    folded_messages: int
+
+
+class SubrunData(_Data):
+    run_id: str
+    session_id: str
+    agent: str
+    status: str | None = Field(None, description="`subrun.completed` only")
+    output: str | None = None
+
+
+class CompletedData(_Data):
+    stop_reason: str
+    output: str | None
+    usage: RunUsage
+    turns: int
+
+
+class FailedData(_Data):
+    error: RunError
+
+
+class ReasonData(_Data):
+    reason: str
+
+
+class GapData(_Data):
+    missing_after: int
+    resumes_at: int
+
+
+class _Envelope(BaseModel):
+    seq: int = Field(description="1, 2, 3 … per run, without gaps")
+    run_id: str
+    session_id: str
+    ts: Timestamp
+
+
+class RunCreated(_Envelope):
+    type: Literal["run.created"]
+    data: RunCreatedData
+
+
+class RunPhase(_Envelope):
+    type: Literal["run.started", "run.paused", "run.resumed"]
+    data: NoData
+
+
+class TurnBoundary(_Envelope):
+    type: Literal["turn.started", "turn.completed"]
+    data: TurnData
+
+
+class TextDelta(_Envelope):
+    type: Literal["message.delta", "reasoning.delta"]
+    data: TextDeltaData
+
+
+class MessageCompleted(_Envelope):
+    type: Literal["message.completed"]
+    data: MessageCompletedData
+
+
+class ToolStarted(_Envelope):
+    type: Literal["tool.started"]
+    data: ToolStartedData
+
+
+class ToolCompleted(_Envelope):
+    type: Literal["tool.completed"]
+    data: ToolCompletedData
+
+
+class ToolDenied(_Envelope):
+    type: Literal["tool.denied"]
+    data: ToolDeniedData
+
+
+class HookDecision(_Envelope):
+    type: Literal["hook.decision"]
+    data: HookDecisionData
+
+
+class RunRequiresAction(_Envelope):
+    type: Literal["run.requires_action"]
+    data: RequiresActionData
+
+
+class LLMRetry(_Envelope):
+    type: Literal["llm.retry"]
+    data: RetryData
+
+
+class TurnUsage(_Envelope):
+    type: Literal["usage"]
+    data: UsageData
+
+
+class CompactionCompleted(_Envelope):
+    type: Literal["compaction.completed"]
+    data: CompactionData
+
+
+class Subrun(_Envelope):
+    type: Literal["subrun.started", "subrun.completed"]
+    data: SubrunData
+
+
+class RunCompleted(_Envelope):
+    type: Literal["run.completed"]
+    data: CompletedData
+
+
+class RunFailed(_Envelope):
+    type: Literal["run.failed"]
+    data: FailedData
+
+
+class RunStopped(_Envelope):
+    type: Literal["run.cancelled", "run.interrupted"]
+    data: ReasonData
+
+
+class StreamGap(_Envelope):
+    type: Literal["stream.gap"]
+    data: GapData
+
+
+class Event(RootModel[Annotated[
+    RunCreated | RunPhase | TurnBoundary | TextDelta | MessageCompleted | ToolStarted
+    | ToolCompleted | ToolDenied | HookDecision | RunRequiresAction | LLMRetry | TurnUsage
+    | CompactionCompleted | Subrun | RunCompleted | RunFailed | RunStopped | StreamGap,
+    Field(discriminator="type"),
+]]):
+    """One step of a run, discriminated by `type`; the same JSON is the SSE `data`."""
+
+
+class EventPage(Page[Event]):
+    """A page of events, ascending by `seq`."""
