@@ -16,6 +16,13 @@ from app.store.tables import Run, RunEvent
 
 logger = logging.getLogger("loomd.events")
 
+_ADVANCE_LAST_SEQ = (
+    sa.update(Run)
+    .where(col(Run.id) == sa.bindparam("run"), col(Run.last_seq) < sa.bindparam("seq"))
+    .values(last_seq=sa.bindparam("seq"))
+)
+"""One statement, executed once per run of a batch (a single driver call)."""
+
 _Item = tuple[dict[str, Any], datetime] | asyncio.Future[None]
 """An event with its time, or a flush barrier: the future of whoever waits for it."""
 
@@ -112,8 +119,5 @@ class EventWriter:
         async with self._database.transaction() as db:
             connection = await db.connection()
             await connection.execute(sa.insert(RunEvent), rows)
-            for run_id, seq in last_seq.items():
-                await connection.execute(
-                    sa.update(Run).where(col(Run.id) == run_id, col(Run.last_seq) < seq)
-                    .values(last_seq=seq)
-                )
+            await connection.execute(_ADVANCE_LAST_SEQ, [
+                {"run": run_id, "seq": seq} for run_id, seq in last_seq.items()])
