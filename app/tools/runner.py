@@ -8,6 +8,7 @@ failed run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -37,6 +38,19 @@ PendingCall = tuple[str, str, str]
 _SPEC = TypeAdapter[Any](ToolSpec)
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(schema_json: str) -> Validator:
+    """The validator of a parameters schema, checked against its metaschema once.
+
+    Every run builds its runner from the agent's specs; checking a schema is the costly part
+    and its outcome depends on the schema alone. Raises `SchemaError` (not cached).
+    """
+    schema = json.loads(schema_json)
+    validator_class = validator_for(schema, default=Draft202012Validator)
+    validator_class.check_schema(schema)
+    return validator_class(schema)
+
+
 class ToolRunner:
     """The tools one run may call, by name, each with its compiled argument validator."""
 
@@ -47,15 +61,14 @@ class ToolRunner:
         for tool in tools:
             if tool.name in self._tools:
                 raise ValueError(f"tool name {tool.name!r} is used twice")
-            validator_class = validator_for(tool.parameters, default=Draft202012Validator)
             try:
-                validator_class.check_schema(tool.parameters)
+                validator = _compiled(json.dumps(tool.parameters, sort_keys=True))
             except SchemaError as exc:
                 raise ValueError(
                     f"the parameters of {tool.name!r} are not a valid JSON Schema: {exc.message}",
                 ) from exc
             self._tools[tool.name] = tool
-            self._validators[tool.name] = validator_class(tool.parameters)
+            self._validators[tool.name] = validator
 
     @classmethod
     def from_specs(
