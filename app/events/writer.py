@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from app.events.bus import EventBus
 from app.store.db import Database
@@ -116,8 +116,11 @@ class EventWriter:
         last_seq: dict[str, int] = {}
         for event, _ in events:
             last_seq[event["run_id"]] = max(last_seq.get(event["run_id"], 0), event["seq"])
-        async with self._database.transaction() as db:
-            connection = await db.connection()
-            await connection.execute(sa.insert(RunEvent), rows)
-            await connection.execute(_ADVANCE_LAST_SEQ, [
-                {"run": run_id, "seq": seq} for run_id, seq in last_seq.items()])
+        advances = [{"run": run_id, "seq": seq} for run_id, seq in last_seq.items()]
+
+        def insert(db: Session) -> None:
+            connection = db.connection()
+            connection.execute(sa.insert(RunEvent), rows)
+            connection.execute(_ADVANCE_LAST_SEQ, advances)
+
+        await self._database.run_write(insert)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, update
+from sqlmodel import Session as SyncSession
 from sqlmodel import col, select
 
 from app.clock import utcnow
@@ -104,9 +105,9 @@ class RunStore:
         With `store_input`, the run's input is appended to the session in the same
         transaction, unless tool calls wait for results (they must be answered first).
         """
-        async with self.database.transaction() as db:
-            run = await db.get(Run, run_id, with_for_update=True)
-            session = await db.get(Session, run.session_id) if run is not None else None
+        def claim(db: SyncSession) -> StartedRun | None:
+            run = db.get(Run, run_id, with_for_update=True)
+            session = db.get(Session, run.session_id) if run is not None else None
             if run is None or session is None or run.status != "queued":
                 return None
             now = utcnow()
@@ -117,8 +118,10 @@ class RunStore:
             input_stored = store_input and bool(messages) and not session.open_tool_calls
             if input_stored:
                 _add_messages(db, session, run.id, messages, now)
-            await db.flush()
+            db.flush()
             return StartedRun(run, session, input_stored)
+
+        return await self.database.run_write(claim)
 
     @finishes_when_cancelled
     async def renew_leases(self, run_ids: Sequence[str]) -> None:
@@ -127,26 +130,28 @@ class RunStore:
         Runs queued behind another run of their session are in no in-memory list, yet
         they are alive: without renewal, recovery would take them for orphans.
         """
-        async with self.database.transaction() as db:
-            await (await db.connection()).execute(
-                update(Run)
-                .where(col(Run.executor_id) == self.executor_id,
-                       or_(col(Run.id).in_(run_ids), col(Run.status) == "queued"))
-                .values(lease_expires_at=utcnow() + self.lease)
-            )
+        statement = (
+            update(Run)
+            .where(col(Run.executor_id) == self.executor_id,
+                   or_(col(Run.id).in_(run_ids), col(Run.status) == "queued"))
+            .values(lease_expires_at=utcnow() + self.lease)
+        )
+        await self.database.run_write(lambda db: db.connection().execute(statement))
 
     @finishes_when_cancelled
     async def append_messages(
         self, session_id: str, run_id: str, messages: list[dict[str, Any]], tally: Tally,
     ) -> list[dict[str, Any]]:
         """Append `messages` to the session, storing the run's `tally` with them."""
-        async with self.database.transaction() as db:
-            session = await db.get(Session, session_id, with_for_update=True)
+        def append(db: SyncSession) -> list[dict[str, Any]]:
+            session = db.get(Session, session_id, with_for_update=True)
             assert session is not None
             rows = _add_messages(db, session, run_id, messages, utcnow())
             tally.store_into(session)
-            await db.flush()
+            db.flush()
             return [message_view(row) for row in rows]
+
+        return await self.database.run_write(append)
 
     async def open_tool_calls(self, session_id: str) -> list[dict[str, Any]]:
         async with self.database.read() as db:
@@ -165,8 +170,8 @@ class RunStore:
         the run already ended, or, for callers that do not execute the run (`only_if`), when
         `only_if(run)` is false or the run has events its caller has not seen.
         """
-        async with self.database.transaction() as db:
-            run = await db.get(Run, run_id, with_for_update=True)
+        def end(db: SyncSession) -> str | None:
+            run = db.get(Run, run_id, with_for_update=True)
             if run is None or not _finishable(run, only_if, terminal["seq"] - 1):
                 raise StateChanged(run_id)
             db.add(RunEvent(run_id=run_id, seq=terminal["seq"], type=terminal["type"],
@@ -179,25 +184,20 @@ class RunStore:
             for key, value in fields.items():
                 setattr(run, key, value)
             db.add(run)
-            session = await db.get(Session, run.session_id, with_for_update=True)
+            session = db.get(Session, run.session_id, with_for_update=True)
             if session is not None and tally is not None:
                 tally.store_into(session)
                 db.add(session)
             next_run_id = None
             if session is not None and session.active_run_id == run_id:
-                next_run_id = await self._next_queued(db, session.id, run_id)
+                next_run_id = _next_queued(db, session.id, run_id)
                 session.active_run_id = next_run_id
                 session.updated_at = utcnow()
                 refresh_status(session)
                 db.add(session)
             return next_run_id
 
-    @staticmethod
-    async def _next_queued(db: Any, session_id: str, after_run_id: str) -> str | None:
-        query = (select(Run.id).where(Run.session_id == session_id, Run.status == "queued",
-                                      Run.id != after_run_id)
-                 .order_by(col(Run.created_at), col(Run.id)).limit(1))
-        return (await db.exec(query)).first()
+        return await self.database.run_write(end)
 
     async def queued_here(self) -> list[str]:
         """The ids of runs this process accepted that are still `queued`, oldest first."""
@@ -217,7 +217,14 @@ class RunStore:
             return list((await db.exec(query)).all())
 
 
-def _add_messages(db: Any, session: Session, run_id: str, messages: list[dict[str, Any]],
+def _next_queued(db: SyncSession, session_id: str, after_run_id: str) -> str | None:
+    query = (select(Run.id).where(Run.session_id == session_id, Run.status == "queued",
+                                  Run.id != after_run_id)
+             .order_by(col(Run.created_at), col(Run.id)).limit(1))
+    return db.exec(query).first()
+
+
+def _add_messages(db: SyncSession, session: Session, run_id: str, messages: list[dict[str, Any]],
                   now: datetime) -> list[Message]:
     rows = []
     for message in messages:
