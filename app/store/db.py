@@ -114,11 +114,11 @@ class _SqliteWriter:
             connect_args={"timeout": 30, "check_same_thread": False},
         )
         _install_sqlite_pragmas(self.engine, busy_timeout_ms)
+        self._immediate = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="loomd-sqlite-writer")
 
     def transaction(self, work: Callable[[SyncSession], T]) -> T:
-        with SyncSession(self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}),
-                         expire_on_commit=False) as session:
+        with SyncSession(self._immediate, expire_on_commit=False) as session:
             result = work(session)
             session.commit()
             return result
@@ -170,11 +170,13 @@ class Database:
                 await session.rollback()
                 raise
 
+    @finishes_when_cancelled
     async def run_write(self, work: Callable[[SyncSession], T]) -> T:
         """Run `work` in a write transaction of its own and commit; roll back if it raises.
 
         `work` is synchronous code on a sync session: on a SQLite file it runs on the
-        writer's thread, elsewhere in the async session's greenlet (`run_sync`).
+        writer's thread, elsewhere in the async session's greenlet (`run_sync`). The write
+        turn is kept until the transaction ends, even when the caller is cancelled.
         """
         if self.sqlite_writer is not None and self.write_engine is not None:
             async with self.write_engine.connect():  # this process's write turn
