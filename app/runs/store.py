@@ -15,7 +15,7 @@ from app.clock import utcnow
 from app.providers.base import Usage
 from app.runs.status import ACTIVE_STATUSES
 from app.services.sessions import message_view, open_calls_after, refresh_status
-from app.store.db import Database, finishes_when_cancelled
+from app.store.db import Database
 from app.store.tables import Message, Run, RunEvent, Session
 
 
@@ -98,7 +98,6 @@ class RunStore:
             rows = (await db.exec(query.order_by(col(Message.seq)))).all()
             return [message_view(m) for m in rows]
 
-    @finishes_when_cancelled
     async def start(self, run_id: str, store_input: bool) -> StartedRun | None:
         """Claim a `queued` run for this process; None when it is not queued any more.
 
@@ -123,7 +122,6 @@ class RunStore:
 
         return await self.database.run_write(claim)
 
-    @finishes_when_cancelled
     async def renew_leases(self, run_ids: Sequence[str]) -> None:
         """Extend the leases of `run_ids` (executing here) and of every run queued here.
 
@@ -138,7 +136,6 @@ class RunStore:
         )
         await self.database.run_write(lambda db: db.connection().execute(statement))
 
-    @finishes_when_cancelled
     async def append_messages(
         self, session_id: str, run_id: str, messages: list[dict[str, Any]], tally: Tally,
     ) -> list[dict[str, Any]]:
@@ -158,7 +155,6 @@ class RunStore:
             session = await db.get(Session, session_id)
             return list(session.open_tool_calls) if session else []
 
-    @finishes_when_cancelled
     async def finish(
         self, run_id: str, status: str, terminal: dict[str, Any], *,
         only_if: Callable[[Run], bool] | None = None, tally: Tally | None = None,

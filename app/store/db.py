@@ -28,11 +28,12 @@ T = TypeVar("T")
 def finishes_when_cancelled(write: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Let a write transaction end (commit or roll back) before its caller's cancellation.
 
-    A task cancelled inside an aiosqlite call leaves the call running in the driver's thread
-    while SQLAlchemy gives up on the connection mid-transaction; SQLite's write lock then
-    stays taken and every later writer waits out the busy timeout. Run tasks are cancelled
-    at arbitrary points, so their writes run in a task of their own and the cancellation
-    is re-raised once the write is over.
+    A task cancelled inside a driver call leaves the call running (in aiosqlite's or the
+    writer's thread) while the caller gives up its write turn or its connection
+    mid-transaction; SQLite's write lock then stays taken and every later writer waits out
+    the busy timeout. Run tasks are cancelled at arbitrary points, so their writes
+    (`Database.run_write`) run in a task of their own and the cancellation is re-raised
+    once the write is over.
     """
 
     @functools.wraps(write)
