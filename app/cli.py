@@ -119,10 +119,7 @@ def _check_schema(settings: Settings) -> None:
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
-
-    from app.main import create_app
-    from app.store.migrate import SchemaOutdated
+    from app.store.lock import DatabaseInUse, lock_database
 
     if settings.open_mode and not _is_loopback(settings.host):
         logger.error(
@@ -130,23 +127,40 @@ def _serve(settings: Settings) -> int:
             "address, not %s; set LOOMD_ADMIN_TOKEN or bind 127.0.0.1", settings.host,
         )
         return 2
+    # Before the app's imports and migrations: a second process on a SQLite file is refused at once.
     try:
-        if settings.auto_migrate:
-            _migrate(settings)
-        else:
-            _check_schema(settings)
-    except SchemaOutdated as exc:
-        logger.error("refusing to start: %s", exc)
+        lock = lock_database(settings.database_url)
+    except DatabaseInUse as exc:
+        logger.error("refusing to start: %s", exc,
+                     extra={"database": str(exc.database), "lock": str(exc.lock)})
         return 3
-    except Exception as exc:
-        logger.error("cannot open the database %s: %s", _redacted(settings), exc)
+    except OSError as exc:
+        logger.error("cannot lock the database %s: %s", _redacted(settings), exc)
         return 3
-    logger.info("starting loomd", extra={"version": __version__, "host": settings.host,
-                                         "port": settings.port, "database": _redacted(settings)})
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None,
-        access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=10,
-    )
+    with lock:
+        import uvicorn
+
+        from app.main import create_app
+        from app.store.migrate import SchemaOutdated
+
+        try:
+            if settings.auto_migrate:
+                _migrate(settings)
+            else:
+                _check_schema(settings)
+        except SchemaOutdated as exc:
+            logger.error("refusing to start: %s", exc)
+            return 3
+        except Exception as exc:
+            logger.error("cannot open the database %s: %s", _redacted(settings), exc)
+            return 3
+        logger.info("starting loomd", extra={
+            "version": __version__, "host": settings.host, "port": settings.port,
+            "database": _redacted(settings)})
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.port, log_config=None,
+            access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=10,
+        )
     return 0
 
 

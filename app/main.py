@@ -22,6 +22,7 @@ from app.providers.registry import ProviderRegistry
 from app.runs.manager import RunManager
 from app.schemas.common import Problem
 from app.store.db import Database
+from app.store.lock import lock_database
 from app.store.migrate import ensure_current
 
 logger = logging.getLogger("loomd")
@@ -37,11 +38,13 @@ CORS_EXPOSED_HEADERS = [
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lock = lock_database(settings.database_url)
         database = Database.open(settings)
         try:
             await ensure_current(database.engine)
         except BaseException:
             await database.close()
+            lock.release()
             raise
         app.state.db = database
         registry = ProviderRegistry(settings)
@@ -66,6 +69,7 @@ def _lifespan(settings: Settings) -> Any:
             await manager.shutdown()
             await registry.aclose()
             await database.close()
+            lock.release()
 
     return lifespan
 
