@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False
     metrics_enabled: bool = True
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    body_read_timeout_s: float = Field(default=30, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     db_pool_size: int = Field(default=10, ge=1)
@@ -62,6 +63,8 @@ class Settings(BaseSettings):
     llm_max_attempts: int = Field(default=4, ge=1, le=20)
     llm_retry_base_s: float = Field(default=0.5, ge=0)
     tool_timeout_s: float = Field(default=60, gt=0)
+    storage_deadline_s: float = Field(default=30, gt=0)
+    writer_queue_size: int = Field(default=10_000, ge=10)
 
     @field_validator("admin_token")
     @classmethod

@@ -29,8 +29,8 @@ def get_database(request: Request) -> Database:
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, else rolled back."""
     database = get_database(request)
-    factory = database.read if request.method in READ_METHODS else database.write
-    async with factory() as session:
+    opened = database.read() if request.method in READ_METHODS else database.writing()
+    async with opened as session:
         try:
             yield session
             await session.commit()

@@ -2,65 +2,47 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from app.clock import utcnow
-from app.events.types import envelope, is_terminal
-from app.events.writer import EventWriter
+from app.events.types import TERMINAL_EVENTS, envelope
+from app.loop.config import RunConfig
 from app.loop.engine import AgentLoop
+from app.loop.hooks import LifecycleHooks
+from app.loop.ports import LoopPorts, Tools
 from app.metrics import Metrics
-from app.providers.base import Usage
+from app.providers.base import Completion, LLMRequest, ProviderError, ToolCallOut, Usage
 from app.runs.store import RunStore, Tally
-from app.tools.base import ToolContext
+from app.store.writer import Writer
+from app.tools.base import ToolContext, ToolResult
 
 T = TypeVar("T")
 
 
 class RunEvents:
-    """Numbers a run's events (seq without gaps) and hands them to the writer."""
+    """Numbers a run's events (seq without gaps) and queues them on the writer."""
 
-    def __init__(self, writer: EventWriter, run_id: str, session_id: str, last_seq: int):
+    def __init__(self, writer: Writer, run_id: str, session_id: str, last_seq: int):
         self.writer = writer
         self.run_id = run_id
         self.session_id = session_id
         self.seq = last_seq
 
-    def _next(self, type_: str, data: dict[str, Any], ts: datetime) -> dict[str, Any]:
-        self.seq += 1
-        return envelope(type_, self.seq, self.run_id, self.session_id, ts, data)
-
     async def emit(self, type_: str, data: dict[str, Any]) -> None:
-        """Queue a non-terminal event (terminal ones go through `end`)."""
+        """Queue a non-terminal event (a run's end goes through `RunStore.finish`)."""
+        if type_ in TERMINAL_EVENTS:
+            raise ValueError(f"{type_} ends a run: use RunStore.finish")
         ts = utcnow()
-        event = self._next(type_, data, ts)
-        if is_terminal(event):
-            raise ValueError(f"{type_} ends a run: use RunEvents.end")
-        self.writer.write(event, ts)
-
-    async def end(
-        self, type_: str, data: dict[str, Any],
-        commit: Callable[[dict[str, Any]], Awaitable[T]],
-    ) -> T:
-        """Store the terminal event with the run's end in one transaction (`commit`), then
-        publish it.
-
-        Earlier events are flushed first, so whoever sees the run finished also finds all
-        of its events, the terminal one last.
-        """
-        event = self._next(type_, data, utcnow())
-        with contextlib.suppress(Exception):  # the writer logged it; the run must still end
-            await self.writer.flush()
-        result = await commit(event)
-        self.writer.published(event)
-        return result
+        self.seq += 1
+        await self.writer.emit(envelope(type_, self.seq, self.run_id, self.session_id, ts, data),
+                               ts)
 
 
-class RunHost:
-    """The loop's host for one run (see `app.loop.engine.LoopHost`)."""
+class RunHost(LifecycleHooks):
+    """What the loop of one run talks to: its event sink, its history store (messages and
+    counters), its lifecycle hooks (metrics) and its tool contexts."""
 
     def __init__(self, store: RunStore, events: RunEvents, run_id: str, session_id: str,
                  owner: str, llm_calls: int = 0) -> None:
@@ -70,11 +52,26 @@ class RunHost:
         self.run_id = run_id
         self.session_id = session_id
         self.owner = owner
+        self.config: RunConfig | None = None
         self.loop: AgentLoop | None = None
         self.metrics: Metrics | None = None
         self.started = time.monotonic()
         self.provider_name = ""
         self.agent = ""
+        self.answered: set[str] = set()
+        """Ids of the tool calls whose result message was handed to the store (a write a
+        cancellation interrupted may still land), so the run's end leaves them alone."""
+
+    def configure(self, stored: Mapping[str, Any]) -> RunConfig:
+        """The run's typed configuration, parsed from its stored `config` the first time."""
+        if self.config is None:
+            self.config = RunConfig.parse(stored)
+        return self.config
+
+    def ports(self, tools: Tools) -> LoopPorts:
+        """The loop's ports, all served by this host but the tools."""
+        return LoopPorts(tools=tools, contexts=self.tool_context, sink=self, history=self,
+                         hooks=self)
 
     def progress(self) -> tuple[int, dict[str, int]]:
         """Turns and usage so far (zero before the loop started)."""
@@ -82,12 +79,22 @@ class RunHost:
             return 0, {}
         return self.loop.turns, dict(self.loop.usage)
 
+    # event sink
+
     async def emit(self, type_: str, data: dict[str, Any]) -> None:
         await self.events.emit(type_, data)
 
+    # history store
+
     async def append_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        stored = await self.store.append_messages(self.session_id, self.run_id, messages,
-                                                  self.tally)
+        answers = {m["tool_call_id"] for m in messages if m.get("role") == "tool"}
+        self.answered |= answers
+        try:
+            stored = await self.store.append_messages(self.session_id, self.run_id, messages,
+                                                      self.tally)
+        except Exception:
+            self.answered -= answers  # refused: nothing of it was stored
+            raise
         return [_json_message(m) for m in stored]
 
     def next_call_index(self) -> int:
@@ -98,16 +105,24 @@ class RunHost:
     def add_usage(self, usage: Usage) -> None:
         self.tally.add(usage)
 
-    def observe_llm_call(self, seconds: float, outcome: str) -> None:
+    # lifecycle hooks
+
+    async def on_llm_end(self, turn: int, request: LLMRequest,
+                         result: Completion | ProviderError, seconds: float) -> None:
         if self.metrics is not None:
+            outcome = "error" if isinstance(result, ProviderError) else "ok"
             self.metrics.llm_seconds.labels(self.provider_name, outcome).observe(seconds)
 
-    def observe_tool_call(self, name: str, seconds: float, is_error: bool) -> None:
+    async def on_tool_end(self, turn: int, call: ToolCallOut, result: ToolResult,
+                          seconds: float) -> None:
         if self.metrics is not None:
-            self.metrics.tool_seconds.labels(name, "true" if is_error else "false").observe(
-                seconds)
+            self.metrics.tool_seconds.labels(
+                call.name, "true" if result.is_error else "false").observe(seconds)
+
+    # tools
 
     def tool_context(self, tool_call_id: str) -> ToolContext:
+        """The context of one tool call of this run."""
         return ToolContext(run_id=self.run_id, session_id=self.session_id, owner=self.owner,
                            tool_call_id=tool_call_id)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -13,19 +12,23 @@ from typing import Any
 from app.clock import rfc3339, utcnow
 from app.config import Settings
 from app.events.bus import EventBus
-from app.events.writer import EventWriter
-from app.loop.engine import AgentLoop, LoopConfig, Outcome, run_tool_call
+from app.loop.config import LoopConfig
+from app.loop.engine import AgentLoop, Outcome
+from app.loop.steps import AwaitInput, Failed
 from app.metrics import Metrics
-from app.providers.base import ProviderError
+from app.providers.base import ProviderError, ToolCallOut
 from app.providers.registry import ProviderRegistry
 from app.runs.host import RunEvents, RunHost
-from app.runs.store import RunStore, StateChanged, is_orphaned, is_queued
+from app.runs.store import Ended, RunStore, StateChanged, is_queued
 from app.store.db import Database
 from app.store.tables import Run
+from app.store.writer import StorageFailed, Writer
 from app.tools.base import ToolResult
 from app.tools.runner import ToolRunner
 
 logger = logging.getLogger("loomd.runs")
+
+INTERRUPTED = {"reason": "the process executing the run stopped"}
 
 
 class _Stop(Exception):
@@ -49,6 +52,10 @@ async def _uninterruptible(work: Coroutine[Any, Any, None]) -> None:
     inner.result()
 
 
+def _failure(error: StorageFailed) -> dict[str, Any]:
+    return {"code": error.code, "detail": error.detail}
+
+
 class RunManager:
     """Owns the asyncio tasks of the runs this process executes."""
 
@@ -60,13 +67,16 @@ class RunManager:
         self.bus = bus
         self.providers = providers
         self.executor_id = settings.instance_id
-        self.store = RunStore(database, self.executor_id, settings.run_lease_s)
-        self.writer = EventWriter(database, bus)
+        self.writer = Writer(database, bus, deadline_s=settings.storage_deadline_s,
+                             max_queued=settings.writer_queue_size)
+        self.store = RunStore(database, self.writer, self.executor_id, settings.run_lease_s)
         self.accepting = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiting: deque[str] = deque()
         self._stops: dict[str, _Stop] = {}
         self._live: set[str] = set()
+        self._abandoned: dict[str, dict[str, Any]] = {}
+        """Runs whose task ended without storing their end: the error each is to end with."""
         self._lease_task: asyncio.Task[None] | None = None
 
     # admission
@@ -102,7 +112,9 @@ class RunManager:
         self._tasks.pop(run_id, None)
         self._stops.pop(run_id, None)
         self._live.discard(run_id)
-        while self._waiting and self.active_count < self.settings.max_concurrent_runs:
+        self.writer.forget(run_id)
+        while (self.accepting and self._waiting
+               and self.active_count < self.settings.max_concurrent_runs):
             self._start(self._waiting.popleft())
 
     # control
@@ -144,74 +156,90 @@ class RunManager:
 
     async def _finish_unstarted(self, run_id: str, status: str, reason: str) -> bool:
         """End a `queued` run; False (changing nothing) when it is not queued any more."""
-        loaded = await self.store.load(run_id)
-        if loaded is None:
-            return False
-        run, _ = loaded
-        events = RunEvents(self.writer, run.id, run.session_id, run.last_seq)
         try:
-            next_run = await events.end(f"run.{status}", {"reason": reason}, functools.partial(
-                self.store.finish, run.id, status, only_if=is_queued, error=None))
+            ended = await self.store.finish(run_id, status, f"run.{status}", {"reason": reason},
+                                            expect=is_queued, error=None)
         except StateChanged:
             return False
-        if next_run and self.accepting:
-            self.submit(next_run)
+        except StorageFailed as failure:
+            logger.error("could not end a queued run", extra={"run_id": run_id,
+                                                              "error": failure.detail})
+            return False
+        self._ended(ended, status)
         return True
 
     # lifecycle
 
     async def start(self) -> None:
-        """Start the event writer, recover runs of dead processes, then admit runs."""
+        """Start the writer, recover the runs no live process executes, then admit runs."""
         self.writer.start()
-        await self.recover()
+        await self.recover(at_start=True)
         self._lease_task = asyncio.create_task(self._renew_leases(), name="loomd-leases")
         self.accepting = True
 
-    async def recover(self) -> int:
-        """Mark runs whose lease expired as `interrupted`; their sessions become pending.
+    async def recover(self, at_start: bool = False) -> int:
+        """Mark unfinished runs that no live process executes `interrupted`.
 
-        Runs at start-up and then with every lease renewal, so the runs of a process that
-        died are taken over even when it was restarted before their leases ran out.
+        At start-up that is every unfinished run of a SQLite file (this process holds its
+        lock) and, on Postgres, the runs of this instance id (a restart of it) and those
+        whose lease expired; later, the runs whose lease expired by the database's clock
+        (another process died) and the runs whose end this process could not store.
         """
         ours = {*self._tasks, *self._waiting}
+        if at_start:
+            candidates = await self.store.recoverable(everything=self.database.is_sqlite,
+                                                      mine=True)
+        else:
+            candidates = await self.store.recoverable(everything=False, mine=False)
         recovered = 0
-        for run in await self.store.expired_runs():
-            if run.id in ours:
+        for run_id in dict.fromkeys([*self._abandoned, *candidates]):
+            if run_id in ours:
                 continue
-            events = RunEvents(self.writer, run.id, run.session_id, run.last_seq)
+            error = self._abandoned.get(run_id)
             try:
-                next_run = await events.end(
-                    "run.interrupted", {"reason": "the process executing the run stopped"},
-                    functools.partial(self.store.finish, run.id, "interrupted",
-                                      only_if=is_orphaned))
+                if error is not None:
+                    ended = await self.store.finish(run_id, "failed", "run.failed",
+                                                    {"error": error}, error=error,
+                                                    after_failure=True)
+                else:
+                    ended = await self.store.finish(
+                        run_id, "interrupted", "run.interrupted", INTERRUPTED,
+                        expect=None if at_start else (lambda run: bool(run.lease_expired)))
             except StateChanged:
+                self._abandoned.pop(run_id, None)
                 continue
+            except StorageFailed:
+                continue
+            self._abandoned.pop(run_id, None)
             recovered += 1
-            if next_run:
-                self.submit(next_run)
+            self._ended(ended, "failed" if error is not None else "interrupted")
         if recovered:
-            logger.warning("recovered interrupted runs", extra={"count": recovered})
+            logger.warning("recovered unfinished runs", extra={"count": recovered})
         return recovered
 
     async def shutdown(self) -> None:
         """Stop admitting, give active runs the grace period, then interrupt the rest."""
         self.accepting = False
-        for run_id in list(self._waiting):
-            self._waiting.remove(run_id)
-            await self._finish_unstarted(run_id, "interrupted", "the service shut down")
-        if self._tasks:
-            await asyncio.wait(set(self._tasks.values()),
-                               timeout=self.settings.shutdown_grace_s)
-        for run_id in list(self._tasks):
-            await self.cancel(run_id, "the service shut down", status="interrupted")
-        # Runs queued behind another run of their session are in no list here; left queued,
-        # they would keep their sessions busy after a restart until their leases ran out.
-        for run_id in await self.store.queued_here():
-            await self._finish_unstarted(run_id, "interrupted", "the service shut down")
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            await asyncio.gather(self._lease_task, return_exceptions=True)
-        await self.writer.stop()
+        try:
+            while self._waiting:
+                await self._finish_unstarted(self._waiting.popleft(), "interrupted",
+                                             "the service shut down")
+            if self._tasks:
+                await asyncio.wait(set(self._tasks.values()),
+                                   timeout=self.settings.shutdown_grace_s)
+            for run_id in list(self._tasks):
+                await self.cancel(run_id, "the service shut down", status="interrupted")
+            # Runs queued behind another run of their session are in no list here; left
+            # queued, they would keep their sessions busy after a restart.
+            for run_id in await self.store.queued_here():
+                await self._finish_unstarted(run_id, "interrupted", "the service shut down")
+        except Exception:
+            logger.exception("shutdown could not end every run; recovery will")
+        finally:
+            if self._lease_task is not None:
+                self._lease_task.cancel()
+                await asyncio.gather(self._lease_task, return_exceptions=True)
+            await self.writer.stop()
 
     async def _renew_leases(self) -> None:
         while True:
@@ -226,7 +254,13 @@ class RunManager:
     # execution
 
     async def _execute(self, run_id: str) -> None:
-        started = await self.store.start(run_id, store_input=run_id not in self._stops)
+        try:
+            started = await self.store.start(run_id, store_input=run_id not in self._stops)
+        except StorageFailed as failure:
+            # Left queued, the run would hold its session for good: end it now or later.
+            self._abandoned[run_id] = _failure(failure)
+            await self.recover()
+            return
         if started is None:
             return
         run = started.run
@@ -238,7 +272,7 @@ class RunManager:
         host.provider_name = str(run.config.get("model", "")).split(":", 1)[0]
         stop = self._stops.get(run_id)
         if stop is not None:  # cancelled before it was claimed: the session stays as it is
-            await self._end(host, stop.status, {"reason": stop.reason})
+            await _uninterruptible(self._end_unstarted(host, stop))
             return
         closing: str | None = None
         outcome: Outcome | None = None
@@ -246,7 +280,7 @@ class RunManager:
         try:
             await events.emit("run.started", {})
             self.publish_state(run.id, run.session_id, run.agent, run.owner, "running")
-            async with asyncio.timeout(run.config.get("timeout_s", 600)):
+            async with asyncio.timeout(host.configure(run.config).timeout_s):
                 outcome = await self._drive(run, host, started.input_stored)
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -258,6 +292,8 @@ class RunManager:
             outcome = Outcome("failed", 0, error={
                 "code": "run_timeout",
                 "detail": f"the run exceeded its timeout of {run.config.get('timeout_s')} s"})
+        except StorageFailed as failure:
+            outcome = Outcome("failed", 0, error=_failure(failure))
         except Exception as exc:
             logger.exception("run crashed", extra={"run_id": run_id})
             closing = "internal error"
@@ -270,54 +306,73 @@ class RunManager:
 
     async def _conclude(self, host: RunHost, stop: _Stop | None, closing: str | None,
                         outcome: Outcome | None) -> None:
-        if stop is not None:
-            await self._close_open_calls(host, f"<cancelled: {stop.reason}>")
+        try:
+            if stop is not None:
+                await self._close_open_calls(host, f"<cancelled: {stop.reason}>")
+                await self._end(host, stop.status, {"reason": stop.reason})
+                return
+            if closing is not None:
+                await self._close_open_calls(host, f"<cancelled: {closing}>")
+            assert outcome is not None
+            await self._report(host, outcome)
+        except StorageFailed as failure:
+            await self._end_after_failure(host, failure)
+
+    async def _end_unstarted(self, host: RunHost, stop: _Stop) -> None:
+        try:
             await self._end(host, stop.status, {"reason": stop.reason})
+        except StorageFailed as failure:
+            await self._end_after_failure(host, failure)
+
+    async def _end_after_failure(self, host: RunHost, failure: StorageFailed) -> None:
+        """End a run one of whose writes failed: `failed`, after its last stored event."""
+        error = _failure(self.writer.failure_of(host.run_id) or failure)
+        turns, usage = host.progress()
+        try:
+            ended = await self.store.finish(
+                host.run_id, "failed", "run.failed", {"error": error}, error=error,
+                turns=turns, usage=usage, after_failure=True)
+        except StateChanged:
             return
-        if closing is not None:
-            await self._close_open_calls(host, f"<cancelled: {closing}>")
-        assert outcome is not None
-        await self._report(host, outcome)
+        except StorageFailed:
+            self._abandoned[host.run_id] = error  # left to recovery
+            return
+        self._ended(ended, "failed", host)
 
     async def _drive(self, run: Run, host: RunHost, input_stored: bool) -> Outcome:
-        config = run.config
+        """Run the loop step by step; a stop request is honoured between steps."""
+        config = host.configure(run.config)
         try:
-            provider, model = self.providers.get(config["model"])
+            provider, model = self.providers.get(config.model)
         except ProviderError as error:
-            return Outcome("failed", 0, error={"code": "provider_error", "detail": error.message})
-        tools = ToolRunner.from_specs(config.get("tools", []), only=config.get("only_tools"))
-        request = run.request
-        if not input_stored:  # stored as the run started unless tool calls were open
-            await self._settle_pending(host, tools, request.get("on_pending", "reject"))
-            if request.get("input"):
-                await host.append_messages(request["input"])
+            return Outcome.of(Failed("provider_error", error.message), 0, {})
+        tools = ToolRunner.from_specs(config.tools, only=config.only_tools)
         loop = AgentLoop(
-            LoopConfig(
-                model=model, instructions=config.get("instructions"),
-                sampling={k: v for k, v in config.get("sampling", {}).items() if v is not None},
-                provider_options=config.get("provider_options", {}),
-                max_turns=config.get("max_turns", 16),
-                max_parallel=config.get("tool_policy", {}).get("max_parallel", 8),
-                tool_timeout_s=self.settings.tool_timeout_s,
-                max_attempts=self.settings.llm_max_attempts,
-                retry_base_s=self.settings.llm_retry_base_s,
-            ),
-            provider, tools, host,
+            LoopConfig(run=config, model=model, tool_timeout_s=self.settings.tool_timeout_s,
+                       max_attempts=self.settings.llm_max_attempts,
+                       retry_base_s=self.settings.llm_retry_base_s),
+            provider, host.ports(tools),
         )
         host.loop = loop
-        return await loop.run(await self.store.history(run.session_id))
+        request = run.request
+        if not input_stored:  # stored as the run started unless tool calls were open
+            await self._settle_pending(host, loop, request.get("on_pending", "reject"))
+            if request.get("input"):
+                await host.append_messages(request["input"])
+        step = await loop.run(await self.store.history(run.session_id),
+                              should_stop=lambda: run.id in self._stops)
+        if isinstance(step, AwaitInput):  # nothing asks for input yet: no run can wait
+            step = Failed("internal_error", f"the run cannot wait for {step.kind}")
+        return Outcome.of(step, loop.turns, dict(loop.usage))
 
-    async def _settle_pending(self, host: RunHost, tools: ToolRunner, policy: str) -> None:
+    async def _settle_pending(self, host: RunHost, loop: AgentLoop, policy: str) -> None:
         """Turn 0: run (`resume`) or abort (`abort`) tool calls left without results."""
         open_calls = await self.store.open_tool_calls(host.session_id)
         if not open_calls:
             return
         if policy == "resume":
-            await asyncio.gather(*(
-                run_tool_call(host, tools, 0, c["id"], c["name"], c["arguments"],
-                              self.settings.tool_timeout_s)
-                for c in open_calls
-            ))
+            await loop.run_tool_calls(0, [ToolCallOut(c["id"], c["name"], c["arguments"])
+                                          for c in open_calls])
         else:
             await self._answer_calls(host, open_calls, "<aborted: new input>", turn=0)
 
@@ -333,7 +388,13 @@ class RunManager:
                 "output": result.output, "is_error": True, "duration_ms": 0})
 
     async def _close_open_calls(self, host: RunHost, text: str) -> None:
-        open_calls = await self.store.open_tool_calls(host.session_id)
+        """Give each tool call still without a result the result `text`.
+
+        A call the loop already answered is left alone even when the store does not show
+        its result yet: a write cut short by the cancellation may still land.
+        """
+        open_calls = [call for call in await self.store.open_tool_calls(host.session_id)
+                      if call["id"] not in host.answered]
         if open_calls:
             # The calls belong to the turn in progress (0 while resuming pending calls).
             await self._answer_calls(host, open_calls, text, turn=host.progress()[0])
@@ -350,23 +411,29 @@ class RunManager:
                             usage=usage, turns=turns)
 
     async def _end(self, host: RunHost, status: str, data: dict[str, Any], **fields: Any) -> None:
+        """Store the run's end; raises `StorageFailed` when a write of the run failed."""
         if status in ("cancelled", "interrupted"):
             fields["turns"], fields["usage"] = host.progress()
         try:
-            next_run = await host.events.end(
-                f"run.{status}", data,
-                lambda event: self.store.finish(host.run_id, status, event, tally=host.tally,
-                                                **fields))
+            ended = await self.store.finish(host.run_id, status, f"run.{status}", data,
+                                            seq=host.events.seq + 1, tally=host.tally, **fields)
         except StateChanged:
             logger.warning("the run was ended elsewhere", extra={"run_id": host.run_id})
             return
+        self._ended(ended, status, host, fields.get("stop_reason"))
+
+    def _ended(self, ended: Ended, status: str, host: RunHost | None = None,
+               stop_reason: str | None = None) -> None:
+        """After a run's end was stored: publish it, start the session's next run."""
+        self.writer.publish(ended.event)
         if self.metrics is not None:
             self.metrics.runs_finished.labels(status).inc()
-            self.metrics.run_seconds.observe(time.monotonic() - host.started)
-        if next_run and self.accepting:
-            self.submit(next_run)
-        self.publish_state(host.run_id, host.session_id, host.agent, host.owner, status,
-                           fields.get("stop_reason"))
+            if host is not None:
+                self.metrics.run_seconds.observe(time.monotonic() - host.started)
+        run = ended.run
+        if ended.next_run_id and self.accepting:
+            self.submit(ended.next_run_id)
+        self.publish_state(run.id, run.session_id, run.agent, run.owner, status, stop_reason)
 
     def publish_state(self, run_id: str, session_id: str, agent: str, owner: str, status: str,
                       stop_reason: str | None = None) -> None:

@@ -1,22 +1,35 @@
-"""The run's short transactions: messages, counters, state changes. One owner per call."""
+"""The run core's writes, as Core statements committed by the process's `Writer`.
+
+Each method builds a write (a function of a Core connection) and awaits the commit that
+holds it; no transaction is ever held across a provider or tool call. Reads that need no
+lock use short read sessions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import or_, update
-from sqlmodel import Session as SyncSession
-from sqlmodel import col, select
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+from sqlmodel import SQLModel, col, select
 
 from app.clock import utcnow
+from app.events.types import envelope
 from app.providers.base import Usage
+from app.rules import message_view, open_calls_after, session_status
 from app.runs.status import ACTIVE_STATUSES
-from app.services.sessions import message_view, open_calls_after, refresh_status
 from app.store.db import Database
 from app.store.tables import Message, Run, RunEvent, Session
+from app.store.writer import Writer
+
+RUNS = Run.__table__  # type: ignore[attr-defined]
+SESSIONS = Session.__table__  # type: ignore[attr-defined]
+MESSAGES = Message.__table__  # type: ignore[attr-defined]
+EVENTS = RunEvent.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -37,58 +50,67 @@ class Tally:
         self.completion_tokens += usage.completion_tokens
         self.total_tokens += usage.total_tokens
 
-    def store_into(self, session: Session) -> None:
-        """Add the unsaved usage to `session` and forget it."""
-        session.llm_calls = max(session.llm_calls, self.llm_calls)
-        session.prompt_tokens += self.prompt_tokens
-        session.completion_tokens += self.completion_tokens
-        session.total_tokens += self.total_tokens
+    def take(self) -> dict[str, Any]:
+        """The counters to store now; the token counts start again from zero."""
+        values = {"llm_calls": self.llm_calls, "prompt_tokens": self.prompt_tokens,
+                  "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens}
         self.prompt_tokens = self.completion_tokens = self.total_tokens = 0
+        return values
 
 
 @dataclass
 class StartedRun:
     """A run this process just claimed, with what its loop starts from."""
 
-    run: Run
-    session: Session
+    run: Any
+    """The run's row (an attribute per column, `metadata` for the ORM's `meta`)."""
+    session: Any
     input_stored: bool
+    history: list[dict[str, Any]]
+
+
+@dataclass
+class Ended:
+    """A run's end as committed: its terminal event and the session's next queued run."""
+
+    run: Any
+    event: dict[str, Any]
+    next_run_id: str | None
 
 
 class StateChanged(Exception):
     """The run is not (or no longer) in the state its caller expected; nothing was written."""
 
 
-def is_queued(run: Run) -> bool:
-    return run.status == "queued"
+def is_queued(run: Any) -> bool:
+    return bool(run.status == "queued")
 
 
-def is_orphaned(run: Run) -> bool:
-    """Unfinished, but its process stopped renewing the lease."""
-    return run.lease_expires_at is not None and run.lease_expires_at < utcnow()
-
-
-def _finishable(run: Run, only_if: Callable[[Run], bool] | None, seen_seq: int) -> bool:
-    if run.status not in ACTIVE_STATUSES:
-        return False
-    return only_if is None or (only_if(run) and run.last_seq == seen_seq)
+def _record(row: Row[Any] | None) -> Any:
+    """A row as an object with a (mutable) attribute per column, or None."""
+    return SimpleNamespace(**row._mapping) if row is not None else None
 
 
 class RunStore:
-    """Database work of running runs, each method its own short write transaction."""
+    """Database work of running runs, each method one write of the process's `Writer`."""
 
-    def __init__(self, database: Database, executor_id: str, lease_s: float) -> None:
+    def __init__(self, database: Database, writer: Writer, executor_id: str,
+                 lease_s: float) -> None:
         self.database = database
+        self.writer = writer
         self.executor_id = executor_id
         self.lease = timedelta(seconds=lease_s)
 
-    async def load(self, run_id: str) -> tuple[Run, Session] | None:
-        async with self.database.read() as db:
-            run = await db.get(Run, run_id)
-            if run is None:
-                return None
-            session = await db.get(Session, run.session_id)
-            return (run, session) if session is not None else None
+    def _lease_expiry(self) -> Any:
+        """A lease's end by the database's clock (one process per SQLite file: the host's)."""
+        if self.database.is_sqlite:
+            return utcnow() + self.lease
+        return sa.func.now() + self.lease
+
+    def _db_now(self) -> Any:
+        return utcnow() if self.database.is_sqlite else sa.func.now()
+
+    # reads
 
     async def history(self, session_id: str) -> list[dict[str, Any]]:
         """The session's active messages, oldest first, in the API's Message shape."""
@@ -98,102 +120,10 @@ class RunStore:
             rows = (await db.exec(query.order_by(col(Message.seq)))).all()
             return [message_view(m) for m in rows]
 
-    async def start(self, run_id: str, store_input: bool) -> StartedRun | None:
-        """Claim a `queued` run for this process; None when it is not queued any more.
-
-        With `store_input`, the run's input is appended to the session in the same
-        transaction, unless tool calls wait for results (they must be answered first).
-        """
-        def claim(db: SyncSession) -> StartedRun | None:
-            run = db.get(Run, run_id, with_for_update=True)
-            session = db.get(Session, run.session_id) if run is not None else None
-            if run is None or session is None or run.status != "queued":
-                return None
-            now = utcnow()
-            run.status, run.started_at = "running", now
-            run.executor_id, run.lease_expires_at = self.executor_id, now + self.lease
-            db.add(run)
-            messages = run.request.get("input") or []
-            input_stored = store_input and bool(messages) and not session.open_tool_calls
-            if input_stored:
-                _add_messages(db, session, run.id, messages, now)
-            db.flush()
-            return StartedRun(run, session, input_stored)
-
-        return await self.database.run_write(claim)
-
-    async def renew_leases(self, run_ids: Sequence[str]) -> None:
-        """Extend the leases of `run_ids` (executing here) and of every run queued here.
-
-        Runs queued behind another run of their session are in no in-memory list, yet
-        they are alive: without renewal, recovery would take them for orphans.
-        """
-        statement = (
-            update(Run)
-            .where(col(Run.executor_id) == self.executor_id,
-                   or_(col(Run.id).in_(run_ids), col(Run.status) == "queued"))
-            .values(lease_expires_at=utcnow() + self.lease)
-        )
-        await self.database.run_write(lambda db: db.connection().execute(statement))
-
-    async def append_messages(
-        self, session_id: str, run_id: str, messages: list[dict[str, Any]], tally: Tally,
-    ) -> list[dict[str, Any]]:
-        """Append `messages` to the session, storing the run's `tally` with them."""
-        def append(db: SyncSession) -> list[dict[str, Any]]:
-            session = db.get(Session, session_id, with_for_update=True)
-            assert session is not None
-            rows = _add_messages(db, session, run_id, messages, utcnow())
-            tally.store_into(session)
-            db.flush()
-            return [message_view(row) for row in rows]
-
-        return await self.database.run_write(append)
-
     async def open_tool_calls(self, session_id: str) -> list[dict[str, Any]]:
         async with self.database.read() as db:
             session = await db.get(Session, session_id)
             return list(session.open_tool_calls) if session else []
-
-    async def finish(
-        self, run_id: str, status: str, terminal: dict[str, Any], *,
-        only_if: Callable[[Run], bool] | None = None, tally: Tally | None = None,
-        **fields: Any,
-    ) -> str | None:
-        """Record the run's end with its `terminal` event and free its session.
-
-        Returns the session's next queued run. Raises `StateChanged` (writing nothing) when
-        the run already ended, or, for callers that do not execute the run (`only_if`), when
-        `only_if(run)` is false or the run has events its caller has not seen.
-        """
-        def end(db: SyncSession) -> str | None:
-            run = db.get(Run, run_id, with_for_update=True)
-            if run is None or not _finishable(run, only_if, terminal["seq"] - 1):
-                raise StateChanged(run_id)
-            db.add(RunEvent(run_id=run_id, seq=terminal["seq"], type=terminal["type"],
-                            data=terminal["data"], ts=datetime.fromisoformat(terminal["ts"])))
-            run.last_seq = terminal["seq"]
-            run.status = status
-            run.ended_at = utcnow()
-            run.lease_expires_at = None
-            run.required_action = None
-            for key, value in fields.items():
-                setattr(run, key, value)
-            db.add(run)
-            session = db.get(Session, run.session_id, with_for_update=True)
-            if session is not None and tally is not None:
-                tally.store_into(session)
-                db.add(session)
-            next_run_id = None
-            if session is not None and session.active_run_id == run_id:
-                next_run_id = _next_queued(db, session.id, run_id)
-                session.active_run_id = next_run_id
-                session.updated_at = utcnow()
-                refresh_status(session)
-                db.add(session)
-            return next_run_id
-
-        return await self.database.run_write(end)
 
     async def queued_here(self) -> list[str]:
         """The ids of runs this process accepted that are still `queued`, oldest first."""
@@ -203,38 +133,181 @@ class RunStore:
                      .order_by(col(Run.created_at), col(Run.id)))
             return list((await db.exec(query)).all())
 
-    async def expired_runs(self) -> list[Run]:
-        """Unfinished runs whose executing process stopped renewing their lease."""
-        now = utcnow()
+    async def recoverable(self, everything: bool, mine: bool) -> list[str]:
+        """Unfinished runs whose lease expired by the database's clock; with `mine`, also
+        those of this instance id (a restart of it); with `everything` (a SQLite file whose
+        lock this process holds), every unfinished run.
+        """
+        query = sa.select(RUNS.c.id).where(RUNS.c.status.in_(ACTIVE_STATUSES))
+        if not everything:
+            expired = RUNS.c.lease_expires_at < self._db_now()
+            query = query.where(sa.or_(expired, RUNS.c.executor_id == self.executor_id)
+                                if mine else expired)
         async with self.database.read() as db:
-            query = select(Run).where(
-                col(Run.status).in_(ACTIVE_STATUSES), col(Run.lease_expires_at) < now
-            )
-            return list((await db.exec(query)).all())
+            result = await (await db.connection()).execute(query)
+            return list(result.scalars())
+
+    # writes
+
+    async def start(self, run_id: str, store_input: bool) -> StartedRun | None:
+        """Claim a `queued` run for this process; None when it is not queued any more.
+
+        With `store_input`, the run's input is appended to the session in the same
+        transaction, unless tool calls wait for results (they must be answered first).
+        The session's active history comes back with it.
+        """
+        now = utcnow()
+        claim_values = {"status": "running", "started_at": now,
+                        "executor_id": self.executor_id,
+                        "lease_expires_at": self._lease_expiry()}
+
+        def claim(connection: Connection) -> StartedRun | None:
+            row = connection.execute(
+                sa.update(RUNS).where(RUNS.c.id == run_id, RUNS.c.status == "queued")
+                .values(**claim_values).returning(*RUNS.c)).first()
+            if row is None:
+                return None
+            run = _record(row)
+            session = _locked_session(connection, run.session_id)
+            if session is None:
+                return None
+            messages = run.request.get("input") or []
+            input_stored = store_input and bool(messages) and not session.open_tool_calls
+            if input_stored:
+                _add_messages(connection, session, run.id, messages, now, None)
+            history = connection.execute(
+                sa.select(MESSAGES).where(MESSAGES.c.session_id == session.id,
+                                          MESSAGES.c.state == "active")
+                .order_by(MESSAGES.c.seq)).all()
+            return StartedRun(run, session, input_stored, [message_view(m) for m in history])
+
+        return await self.writer.submit(claim, run_id=run_id)
+
+    async def renew_leases(self, run_ids: Sequence[str]) -> None:
+        """Extend the leases of `run_ids` (executing here) and of every run queued here.
+
+        Runs queued behind another run of their session are in no in-memory list, yet
+        they are alive: without renewal, recovery would take them for orphans.
+        """
+        statement = (
+            sa.update(RUNS)
+            .where(RUNS.c.executor_id == self.executor_id,
+                   sa.or_(RUNS.c.id.in_(list(run_ids)), RUNS.c.status == "queued"))
+            .values(lease_expires_at=self._lease_expiry())
+        )
+        await self.writer.submit(lambda connection: connection.execute(statement))
+
+    async def append_messages(
+        self, session_id: str, run_id: str, messages: list[dict[str, Any]], tally: Tally,
+    ) -> list[dict[str, Any]]:
+        """Append `messages` to the session, storing the run's `tally` with them."""
+        counters = tally.take()
+        now = utcnow()
+
+        def append(connection: Connection) -> list[dict[str, Any]]:
+            session = _locked_session(connection, session_id)
+            assert session is not None
+            return _add_messages(connection, session, run_id, messages, now, counters)
+
+        return await self.writer.submit(append, run_id=run_id)
+
+    async def finish(
+        self, run_id: str, status: str, type_: str, data: dict[str, Any], *,
+        seq: int | None = None, expect: Callable[[Any], bool] | None = None,
+        tally: Tally | None = None, after_failure: bool = False, **fields: Any,
+    ) -> Ended:
+        """Record the run's end with its terminal event and free its session.
+
+        `seq` is the terminal event's seq as the executing run numbered it; without it the
+        event follows the last stored one (recovery, a queued run, a run whose writes
+        failed). `expect` sees the run's row and `lease_expired` by the database's clock.
+        Raises `StateChanged`, writing nothing, when the run already ended or `expect(run)`
+        is false. Only an end `after_failure` is taken once a write of the run failed, so a
+        run with a lost write never ends as if nothing happened.
+        """
+        lease_expired = (RUNS.c.lease_expires_at < self._db_now()).label("lease_expired")
+        counters = tally.take() if tally is not None else None
+        now = utcnow()
+
+        def end(connection: Connection) -> Ended:
+            row = connection.execute(sa.select(RUNS, lease_expired)
+                                     .where(RUNS.c.id == run_id).with_for_update()).first()
+            if row is None:
+                raise StateChanged(run_id)
+            run = _record(row)
+            if run.status not in ACTIVE_STATUSES or (expect is not None and not expect(run)):
+                raise StateChanged(run_id)
+            event_seq = seq if seq is not None else run.last_seq + 1
+            event = envelope(type_, event_seq, run_id, run.session_id, now, data)
+            connection.execute(sa.insert(EVENTS).values(
+                run_id=run_id, seq=event_seq, type=type_, data=data, ts=now))
+            values = {"last_seq": event_seq, "status": status, "ended_at": now,
+                      "lease_expires_at": None, "required_action": None}
+            values.update({_column_name(Run, key): value for key, value in fields.items()})
+            connection.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(**values))
+            session = _locked_session(connection, run.session_id)
+            next_run_id = None
+            if session is not None:
+                changes: dict[str, Any] = _counter_changes(counters) if counters else {}
+                if session.active_run_id == run_id:
+                    next_run_id = _next_queued(connection, session.id, run_id)
+                    changes.update(active_run_id=next_run_id, updated_at=now,
+                                   status=session_status(next_run_id, session.open_tool_calls))
+                if changes:
+                    connection.execute(sa.update(SESSIONS)
+                                       .where(SESSIONS.c.id == session.id).values(**changes))
+            return Ended(run, event, next_run_id)
+
+        return await self.writer.submit(end, run_id=run_id, last=after_failure)
 
 
-def _next_queued(db: SyncSession, session_id: str, after_run_id: str) -> str | None:
-    query = (select(Run.id).where(Run.session_id == session_id, Run.status == "queued",
-                                  Run.id != after_run_id)
-             .order_by(col(Run.created_at), col(Run.id)).limit(1))
-    return db.exec(query).first()
+def _column_name(cls: type[SQLModel], attribute: str) -> str:
+    return str(sa.inspect(cls).column_attrs[attribute].columns[0].name)
 
 
-def _add_messages(db: SyncSession, session: Session, run_id: str, messages: list[dict[str, Any]],
-                  now: datetime) -> list[Message]:
-    rows = []
-    for message in messages:
-        session.last_seq += 1
-        rows.append(Message(
-            session_id=session.id, seq=session.last_seq, role=message["role"],
-            content=message.get("content"), tool_calls=message.get("tool_calls"),
-            tool_call_id=message.get("tool_call_id"), name=message.get("name"),
-            run_id=run_id, created_at=now,
-        ))
-    db.add_all(rows)
-    session.open_tool_calls = open_calls_after(session.open_tool_calls, messages)
-    session.message_count += len(rows)
-    session.updated_at = now
-    refresh_status(session)
-    db.add(session)
-    return rows
+def _locked_session(connection: Connection, session_id: str) -> Any:
+    row = connection.execute(
+        sa.select(SESSIONS).where(SESSIONS.c.id == session_id).with_for_update()).first()
+    return _record(row)
+
+
+def _next_queued(connection: Connection, session_id: str, after_run_id: str) -> str | None:
+    query = (sa.select(RUNS.c.id)
+             .where(RUNS.c.session_id == session_id, RUNS.c.status == "queued",
+                    RUNS.c.id != after_run_id)
+             .order_by(RUNS.c.created_at, RUNS.c.id).limit(1))
+    return connection.execute(query).scalar()
+
+
+def _counter_changes(counters: dict[str, Any]) -> dict[str, Any]:
+    calls = counters["llm_calls"]
+    return {
+        "llm_calls": sa.case((SESSIONS.c.llm_calls < calls, calls),
+                             else_=SESSIONS.c.llm_calls),
+        "prompt_tokens": SESSIONS.c.prompt_tokens + counters["prompt_tokens"],
+        "completion_tokens": SESSIONS.c.completion_tokens + counters["completion_tokens"],
+        "total_tokens": SESSIONS.c.total_tokens + counters["total_tokens"],
+    }
+
+
+def _add_messages(connection: Connection, session: Any, run_id: str,
+                  messages: list[dict[str, Any]], now: datetime,
+                  counters: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Insert `messages` after the session's last one and update the session with them."""
+    rows = [{
+        "session_id": session.id, "seq": session.last_seq + index, "role": message["role"],
+        "content": message.get("content"), "tool_calls": message.get("tool_calls"),
+        "tool_call_id": message.get("tool_call_id"), "name": message.get("name"),
+        "run_id": run_id, "state": "active", "created_at": now,
+    } for index, message in enumerate(messages, start=1)]
+    connection.execute(sa.insert(MESSAGES), rows)
+    open_calls = open_calls_after(session.open_tool_calls, messages)
+    changes: dict[str, Any] = _counter_changes(counters) if counters else {}
+    changes.update(
+        last_seq=session.last_seq + len(rows), message_count=session.message_count + len(rows),
+        updated_at=now, open_tool_calls=open_calls,
+        status=session_status(session.active_run_id, open_calls))
+    connection.execute(sa.update(SESSIONS).where(SESSIONS.c.id == session.id).values(**changes))
+    session.last_seq += len(rows)
+    session.open_tool_calls = open_calls
+    return [{key: value for key, value in row.items() if key != "session_id"} for row in rows]

@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import Session as SyncSession
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 
 _BEGIN_OPTION = "loomd_sqlite_begin"
 
-P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def finishes_when_cancelled(write: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Let a write transaction end (commit or roll back) before its caller's cancellation.
-
-    A task cancelled inside a driver call leaves the call running (in aiosqlite's or the
-    writer's thread) while the caller gives up its write turn or its connection
-    mid-transaction; SQLite's write lock then stays taken and every later writer waits out
-    the busy timeout. Run tasks are cancelled at arbitrary points, so their writes
-    (`Database.run_write`) run in a task of their own and the cancellation is re-raised
-    once the write is over.
-    """
-
-    @functools.wraps(write)
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-        inner = asyncio.ensure_future(write(*args, **kwargs))
-        cancelled = False
-        while not inner.done():
-            try:
-                await asyncio.shield(inner)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
-        return inner.result()
-
-    return guarded
 
 
 def _install_sqlite_pragmas(engine: AsyncEngine | Engine, busy_timeout_ms: int) -> None:
@@ -98,15 +69,14 @@ def create_engine(settings: Settings, *, writer: bool = False) -> AsyncEngine:
     )
 
 
-class _SqliteWriter:
-    """Runs a whole write transaction on one thread, in one hand-off from the event loop.
+class SqliteWriter:
+    """The run writer's own SQLite connection, used on one thread of its own.
 
-    Through aiosqlite every statement is several hand-offs between the event loop and the
-    driver's thread, and SQLite's one write lock is held across all of them; a busy event
-    loop so stretched each write transaction to many milliseconds and capped the runs'
-    throughput. The writer's own connection is used only while the in-process write turn
-    (the single connection of the async write engine) is held, so it never meets another
-    writer of this process in SQLite's busy handler.
+    A whole batch of writes runs there in one hand-off from the event loop, through the
+    standard `sqlite3` driver and SQLAlchemy Core: through aiosqlite every statement would be
+    several hand-offs, with SQLite's one write lock held across all of them. It writes only
+    while holding the process's write turn (`Database.write_turn`), so it never meets
+    another writer of this process in SQLite's busy handler.
     """
 
     def __init__(self, url: str, busy_timeout_ms: int) -> None:
@@ -118,11 +88,10 @@ class _SqliteWriter:
         self._immediate = self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="loomd-sqlite-writer")
 
-    def transaction(self, work: Callable[[SyncSession], T]) -> T:
-        with SyncSession(self._immediate, expire_on_commit=False) as session:
-            result = work(session)
-            session.commit()
-            return result
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """`work` in one `BEGIN IMMEDIATE` transaction, committed (rolled back if it raises)."""
+        with self._immediate.begin() as connection:
+            return work(connection)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.thread, self.engine.dispose)
@@ -136,34 +105,58 @@ def _is_sqlite_file(url: str) -> bool:
 
 @dataclass
 class Database:
-    """Two session factories: reads, and writes that take the lock up front."""
+    """Reads, the API's write sessions, and the run writer's connection.
+
+    On SQLite one write happens at a time per process: the API's write sessions and the run
+    writer's batches take turns through `write_turn` (in order, at no cost) instead of
+    meeting in SQLite's busy handler, whose sleeps of up to 100 ms would stall every run.
+    """
 
     engine: AsyncEngine
     read: async_sessionmaker[AsyncSession]
     write: async_sessionmaker[AsyncSession]
+    run_engine: AsyncEngine
     write_engine: AsyncEngine | None = None
-    sqlite_writer: _SqliteWriter | None = field(default=None, repr=False)
+    sqlite_writer: SqliteWriter | None = field(default=None, repr=False)
+    write_turn: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Database:
         engine = create_engine(settings)
-        writer = create_engine(settings, writer=True) if engine.dialect.name == "sqlite" else None
+        sqlite = engine.dialect.name == "sqlite"
+        writer = create_engine(settings, writer=True) if sqlite else None
         write_options = (writer or engine).execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
-        sqlite_writer = (_SqliteWriter(settings.database_url, settings.sqlite_busy_timeout_ms)
+        sqlite_writer = (SqliteWriter(settings.database_url, settings.sqlite_busy_timeout_ms)
                          if _is_sqlite_file(settings.database_url) else None)
+        # The run writer keeps one connection of its own; a dead one is replaced when a
+        # write fails on it (no pre-ping: three round trips per checkout with asyncpg).
+        run_engine = write_options if sqlite else create_async_engine(
+            settings.database_url, pool_size=1, max_overflow=0)
         return cls(
             engine=engine,
             read=async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False),
             write=async_sessionmaker(write_options, class_=AsyncSession,
                                      expire_on_commit=False),
+            run_engine=run_engine,
             write_engine=writer,
             sqlite_writer=sqlite_writer,
         )
 
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        """A write session; on SQLite it holds the process's write turn while open."""
+        turn = self.write_turn if self.is_sqlite else contextlib.nullcontext()
+        async with turn, self.write() as session:
+            yield session
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A short write transaction: commits on success, rolls back on error."""
-        async with self.write() as session:
+        async with self.writing() as session:
             try:
                 yield session
                 await session.commit()
@@ -171,25 +164,11 @@ class Database:
                 await session.rollback()
                 raise
 
-    @finishes_when_cancelled
-    async def run_write(self, work: Callable[[SyncSession], T]) -> T:
-        """Run `work` in a write transaction of its own and commit; roll back if it raises.
-
-        `work` is synchronous code on a sync session: on a SQLite file it runs on the
-        writer's thread, elsewhere in the async session's greenlet (`run_sync`). The write
-        turn is kept until the transaction ends, even when the caller is cancelled.
-        """
-        if self.sqlite_writer is not None and self.write_engine is not None:
-            async with self.write_engine.connect():  # this process's write turn
-                return await asyncio.get_running_loop().run_in_executor(
-                    self.sqlite_writer.thread, self.sqlite_writer.transaction, work)
-        async with self.transaction() as session:
-            # sqlmodel's AsyncSession hands `run_sync` its own (sqlmodel) sync session.
-            return await session.run_sync(lambda sync: work(cast(SyncSession, sync)))
-
     async def close(self) -> None:
         await self.engine.dispose()
         if self.write_engine is not None:
             await self.write_engine.dispose()
+        if not self.is_sqlite:
+            await self.run_engine.dispose()
         if self.sqlite_writer is not None:
             await self.sqlite_writer.close()
