@@ -1,19 +1,25 @@
 """The agent loop: LLM call → tool calls → LLM call … until the model answers.
 
-Pure orchestration: it talks to a provider, a tool runner and a host (events, messages,
-counters) through protocols, and imports neither FastAPI nor SQL.
+Each step is one turn and returns what comes next (`app.loop.steps`); the driver (`run`,
+`resume`) takes steps until one is not `Continue`. Pure orchestration: the loop talks to a
+provider and to its ports (tools, event sink, history store, hooks) and imports neither
+FastAPI nor SQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from app.loop.config import LoopConfig
+from app.loop.ports import LoopPorts
+from app.loop.steps import AwaitInput, Continue, Failed, Final, Step, Stop
+from app.loop.tool_calls import run_tool_calls, tool_message
 from app.providers.base import (
     Completion,
     LLMRequest,
@@ -21,58 +27,23 @@ from app.providers.base import (
     ProviderError,
     ReasoningDelta,
     TextDelta,
-    ToolDef,
+    ToolCallOut,
     Usage,
 )
-from app.tools.base import ToolContext, ToolResult
+from app.tools.base import ToolResult
 
 MAX_NUDGES = 2
 NUDGE = {"role": "user", "content": "Continue exactly where you stopped."}
 
 
-class LoopHost(Protocol):
-    """What the loop needs from the run that hosts it."""
-
-    async def emit(self, type_: str, data: dict[str, Any]) -> None: ...
-
-    async def append_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
-
-    def next_call_index(self) -> int: ...
-
-    def add_usage(self, usage: Usage) -> None: ...
-
-    def tool_context(self, tool_call_id: str) -> ToolContext: ...
-
-    def observe_llm_call(self, seconds: float, outcome: str) -> None: ...
-
-    def observe_tool_call(self, name: str, seconds: float, is_error: bool) -> None: ...
-
-
-class Tools(Protocol):
-    def definitions(self) -> list[ToolDef]: ...
-
-    async def run(
-        self, name: str, arguments_json: str, context: ToolContext, timeout_s: float = 60
-    ) -> ToolResult: ...
-
-
-@dataclass
-class LoopConfig:
-    model: str
-    instructions: str | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)
-    provider_options: dict[str, Any] = field(default_factory=dict)
-    max_turns: int = 16
-    max_parallel: int = 8
-    tool_timeout_s: float = 60
-    max_attempts: int = 4
-    retry_base_s: float = 0.5
-    retry_max_s: float = 30
+def _never() -> bool:
+    return False
 
 
 @dataclass
 class Outcome:
-    """How the loop ended (cancellation and timeouts are the host's to report)."""
+    """How a run's loop ended, as the run manager reports it (cancellation and timeouts
+    are the manager's to report)."""
 
     status: str
     turns: int
@@ -80,6 +51,15 @@ class Outcome:
     output: str | None = None
     error: dict[str, str] | None = None
     usage: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, step: Final | Failed, turns: int, usage: dict[str, int]) -> Outcome:
+        """The outcome of a run whose last step was `step`."""
+        if isinstance(step, Final):
+            return cls("completed", turns, stop_reason=step.stop_reason, output=step.output,
+                       usage=usage)
+        return cls("failed", turns, error={"code": step.code, "detail": step.detail},
+                   usage=usage)
 
 
 class LoopFailed(Exception):
@@ -100,52 +80,105 @@ def to_openai(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def tool_message(call_id: str, name: str, result: ToolResult) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call_id, "name": name, "content": result.output}
-
-
 class AgentLoop:
-    """Runs turns against `provider` with `tools`, reporting through `host`."""
+    """Runs turns against `provider`, reporting through `ports`."""
 
-    def __init__(self, config: LoopConfig, provider: Provider, tools: Tools, host: LoopHost):
+    def __init__(self, config: LoopConfig, provider: Provider, ports: LoopPorts) -> None:
         self.config = config
         self.provider = provider
-        self.tools = tools
-        self.host = host
+        self.ports = ports
         self.turns = 0
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
                       "llm_calls": 0}
+        self.output: str | None = None
+        """The last assistant text so far."""
+        self.history: list[dict[str, Any]] = []
+        """The conversation in the request shape, without the instructions."""
 
-    async def run(self, history: list[dict[str, Any]]) -> Outcome:
-        """Drive the loop from `history` (stored messages, oldest first)."""
-        history = [to_openai(m) for m in history]
-        last_text: str | None = None
+    # the driver
+
+    async def run(
+        self, history: list[dict[str, Any]], should_stop: Callable[[], bool] = _never,
+    ) -> Stop:
+        """Take steps from `history` (stored messages, oldest first) until one is not
+        `Continue`, and return it.
+
+        `should_stop` is asked between steps; when it says so, this raises
+        `asyncio.CancelledError` as if the task had been cancelled.
+        """
+        self.history = [to_openai(m) for m in history]
+        return await self._drive(should_stop)
+
+    async def resume(
+        self, awaited: AwaitInput, results: Mapping[str, ToolResult], *,
+        history: list[dict[str, Any]] | None = None,
+        should_stop: Callable[[], bool] = _never,
+    ) -> Stop:
+        """Close the turn `awaited` with `results` (by tool call id) and drive on.
+
+        `history` is needed by a loop other than the one that returned `awaited` (after a
+        restart: the stored messages, the awaited calls' assistant message included).
+        Raises `ValueError`, storing nothing, when a result is missing.
+        """
+        missing = [call.id for call in awaited.tool_calls if call.id not in results]
+        if missing:
+            raise ValueError(f"no result for tool calls {', '.join(missing)}")
+        if history is not None:
+            self.history = [to_openai(m) for m in history]
+        self.turns = max(self.turns, awaited.turn)
+        for call in awaited.tool_calls:
+            await self._store_result(awaited.turn, call, results[call.id])
+        await self.ports.sink.emit("turn.completed", {"turn": awaited.turn})
+        return await self._drive(should_stop)
+
+    async def _drive(self, should_stop: Callable[[], bool]) -> Stop:
+        while True:
+            if should_stop():
+                raise asyncio.CancelledError("the run was asked to stop")
+            step = await self.step()
+            if not isinstance(step, Continue):
+                return step
+
+    # one step
+
+    async def step(self) -> Step:
+        """One turn: the model's answer, then its tool calls."""
+        if self.turns >= self.config.run.max_turns:
+            return Final("max_turns", self.output)
+        self.turns += 1
+        turn = self.turns
+        await self.ports.sink.emit("turn.started", {"turn": turn})
         try:
-            while True:
-                if self.turns >= self.config.max_turns:
-                    return self._done("max_turns", last_text)
-                self.turns += 1
-                turn = self.turns
-                await self.host.emit("turn.started", {"turn": turn})
-                completion, stop = await self._answer(turn, history)
-                last_text = completion.text if completion.text is not None else last_text
-                if completion.tool_calls:
-                    await self._run_tools(turn, completion, history)
-                await self.host.emit("turn.completed", {"turn": turn})
-                if stop is not None:
-                    return self._done(stop, last_text)
+            completion, stop_reason = await self._answer(turn)
         except LoopFailed as failure:
-            return Outcome("failed", self.turns, error={"code": failure.code,
-                                                        "detail": failure.detail},
-                           usage=self.usage)
+            return Failed(failure.code, failure.detail)
+        if completion.text is not None:
+            self.output = completion.text
+        if completion.tool_calls:
+            messages = await run_tool_calls(
+                self.ports, turn, completion.tool_calls,
+                max_parallel=self.config.run.max_parallel,
+                timeout_s=self.config.tool_timeout_s)
+            self.history.extend(to_openai(m) for m in messages)
+        await self.ports.sink.emit("turn.completed", {"turn": turn})
+        if stop_reason is None:
+            return Continue(turn)
+        return Final(stop_reason, self.output)
 
-    def _done(self, stop_reason: str, output: str | None) -> Outcome:
-        return Outcome("completed", self.turns, stop_reason=stop_reason, output=output,
-                       usage=self.usage)
+    async def run_tool_calls(self, turn: int, calls: list[ToolCallOut]) -> None:
+        """Run tool calls outside a step (turn 0: calls left open by an earlier run)."""
+        await run_tool_calls(self.ports, turn, calls, max_parallel=self.config.run.max_parallel,
+                             timeout_s=self.config.tool_timeout_s)
 
-    async def _answer(
-        self, turn: int, history: list[dict[str, Any]]
-    ) -> tuple[Completion, str | None]:
+    async def _store_result(self, turn: int, call: ToolCallOut, result: ToolResult) -> None:
+        message = tool_message(call.id, call.name, result)
+        await self.ports.history.append_messages([message])
+        self.history.append(to_openai(message))
+        await self.ports.sink.emit("tool.completed", {
+            "turn": turn, "tool_call_id": call.id, "name": call.name, "output": result.output,
+            "is_error": result.is_error, "duration_ms": 0})
+
+    async def _answer(self, turn: int) -> tuple[Completion, str | None]:
         """One turn's answer, with up to two "continue" nudges after a `length` finish.
 
         Returns the completion and the stop reason when the run should end after this turn.
@@ -153,7 +186,7 @@ class AgentLoop:
         nudges = 0
         extra: list[dict[str, Any]] = []
         while True:
-            completion = await self._call(turn, history + extra)
+            completion = await self._call(turn, self.history + extra)
             message: dict[str, Any] = {"role": "assistant", "content": completion.text}
             if completion.tool_calls:
                 message["tool_calls"] = [
@@ -162,12 +195,12 @@ class AgentLoop:
                     for c in completion.tool_calls
                 ]
             self._count_usage(completion.usage)  # stored with the message
-            stored = await self.host.append_messages([message])
-            history.append(message)
-            await self.host.emit("message.completed", {
+            stored = await self.ports.history.append_messages([message])
+            self.history.append(message)
+            await self.ports.sink.emit("message.completed", {
                 "turn": turn, "message": stored[0], "finish_reason": completion.finish_reason})
             usage = completion.usage
-            await self.host.emit("usage", {
+            await self.ports.sink.emit("usage", {
                 "turn": turn, "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens})
             if completion.tool_calls:
@@ -183,38 +216,41 @@ class AgentLoop:
         self.usage["prompt_tokens"] += usage.prompt_tokens
         self.usage["completion_tokens"] += usage.completion_tokens
         self.usage["total_tokens"] += usage.total_tokens
-        self.host.add_usage(usage)
+        self.ports.history.add_usage(usage)
 
     def _request(self, messages: list[dict[str, Any]], call_index: int) -> LLMRequest:
-        system = ([{"role": "system", "content": self.config.instructions}]
-                  if self.config.instructions else [])
+        run = self.config.run
+        system = [{"role": "system", "content": run.instructions}] if run.instructions else []
         return LLMRequest(
             model=self.config.model, messages=system + messages,
-            tools=self.tools.definitions(), sampling=self.config.sampling,
-            provider_options=self.config.provider_options, call_index=call_index,
+            tools=self.ports.tools.definitions(), sampling=run.sampling_options,
+            provider_options=run.provider_options, call_index=call_index,
         )
 
     async def _call(self, turn: int, messages: list[dict[str, Any]]) -> Completion:
         """One LLM call, retried on transient errors with an `llm.retry` event each time."""
         attempts = self.config.max_attempts
+        hooks = self.ports.hooks
         for attempt in range(1, attempts + 1):
             self.usage["llm_calls"] += 1
-            request = self._request(messages, self.host.next_call_index())
+            request = self._request(messages, self.ports.history.next_call_index())
+            await hooks.on_llm_start(turn, request)
             started = time.monotonic()
             try:
                 completion = await self._stream(turn, request)
-                self.host.observe_llm_call(time.monotonic() - started, "ok")
-                return completion
             except ProviderError as error:
-                self.host.observe_llm_call(time.monotonic() - started, "error")
+                await hooks.on_llm_end(turn, request, error, time.monotonic() - started)
                 if not error.retryable or attempt == attempts:
                     prefix = f"after {attempt} attempts: " if error.retryable else ""
                     raise LoopFailed("provider_error", prefix + error.message) from error
                 wait_s = self._backoff(attempt, error.retry_after_s)
-                await self.host.emit("llm.retry", {
+                await self.ports.sink.emit("llm.retry", {
                     "attempt": attempt, "max_attempts": attempts, "error": error.message,
                     "wait_ms": round(wait_s * 1000)})
                 await asyncio.sleep(wait_s)
+                continue
+            await hooks.on_llm_end(turn, request, completion, time.monotonic() - started)
+            return completion
         raise AssertionError("unreachable")
 
     def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
@@ -224,56 +260,15 @@ class AgentLoop:
         return min(base * (0.5 + random.random()), self.config.retry_max_s)
 
     async def _stream(self, turn: int, request: LLMRequest) -> Completion:
+        emit = self.ports.sink.emit
         async with contextlib.aclosing(self.provider.stream(request)) as chunks:
             async for chunk in chunks:
                 if isinstance(chunk, TextDelta):
                     if chunk.text:
-                        await self.host.emit("message.delta", {"turn": turn, "text": chunk.text})
+                        await emit("message.delta", {"turn": turn, "text": chunk.text})
                 elif isinstance(chunk, ReasoningDelta):
                     if chunk.text:
-                        await self.host.emit("reasoning.delta",
-                                             {"turn": turn, "text": chunk.text})
+                        await emit("reasoning.delta", {"turn": turn, "text": chunk.text})
                 elif isinstance(chunk, Completion):
                     return chunk
         raise ProviderError("the provider stream ended without a completion", retryable=True)
-
-    async def _run_tools(
-        self, turn: int, completion: Completion, history: list[dict[str, Any]]
-    ) -> None:
-        """Run the turn's tool calls concurrently (bounded); results go to the history."""
-        semaphore = asyncio.Semaphore(self.config.max_parallel)
-        calls = completion.tool_calls
-
-        async def one(index: int) -> dict[str, Any]:
-            call = calls[index]
-            async with semaphore:
-                return await run_tool_call(self.host, self.tools, turn, call.id, call.name,
-                                           call.arguments, self.config.tool_timeout_s)
-
-        messages = await asyncio.gather(*(one(i) for i in range(len(calls))))
-        history.extend(to_openai(m) for m in messages)
-
-
-async def run_tool_call(
-    host: LoopHost, tools: Tools, turn: int, call_id: str, name: str, arguments: str,
-    timeout_s: float,
-) -> dict[str, Any]:
-    """Run one tool call with its events; the result message is stored as soon as it exists."""
-    await host.emit("tool.started", {"turn": turn, "tool_call_id": call_id, "name": name,
-                                     "arguments": _parsed(arguments)})
-    started = time.monotonic()
-    result = await tools.run(name, arguments, host.tool_context(call_id), timeout_s)
-    host.observe_tool_call(name, time.monotonic() - started, result.is_error)
-    message = tool_message(call_id, name, result)
-    await host.append_messages([message])
-    await host.emit("tool.completed", {
-        "turn": turn, "tool_call_id": call_id, "name": name, "output": result.output,
-        "is_error": result.is_error, "duration_ms": round((time.monotonic() - started) * 1000)})
-    return message
-
-
-def _parsed(arguments: str) -> Any:
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
