@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,28 +18,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine, percentile
 from tests.conftest import create_postgres_database, drop_postgres_database, postgres_url
 from tests.e2e.server import loomd_env, start_loomd
 
 TOKEN = "bench-admin-token"
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, {platform.system()} {platform.release()}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def latency(base_url: str, requests: int) -> dict[str, list[float]]:
