@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.auth import Principal, authenticate, bearer_token
 from app.config import Settings
 from app.middleware import REQUEST_INFO_KEY
+from app.runs.manager import RunManager
+from app.services import runs as runs_service
 from app.store.db import Database
+from app.store.tables import Run
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -90,3 +93,21 @@ Cursor = Annotated[
     str | None,
     Query(max_length=512, description="`next_cursor` of the previous page"),
 ]
+
+
+def get_manager(request: Request) -> RunManager:
+    manager: RunManager = request.app.state.manager
+    return manager
+
+
+ManagerDep = Annotated[RunManager, Depends(get_manager)]
+RunId = Annotated[str, Path(description="the run's id (`run_…`)", max_length=64)]
+
+
+async def load_run(run_id: RunId, request: Request, principal: CurrentPrincipal) -> Run:
+    """The addressed run, read in a short transaction; 404 when absent or someone else's."""
+    async with get_database(request).read() as db:
+        return await runs_service.get_run(db, principal, run_id)
+
+
+RunById = Annotated[Run, Depends(load_run)]

@@ -15,13 +15,18 @@ from app.api.deps import (
     Cursor,
     DbSession,
     Limit,
+    ManagerDep,
+    RunById,
+    RunId,
     StreamPrincipal,
     get_database,
 )
 from app.api.responses import AUTH, READ, WRITE, errors
-from app.errors import BadRequest, NotFound
+from app.auth import Principal
+from app.errors import BadRequest
 from app.events.sse import RETRY_MS, follow_run, sse_frames
 from app.events.types import TERMINAL_EVENTS, is_terminal
+from app.runs import service as run_service
 from app.runs.manager import RunManager
 from app.runs.status import TERMINAL_STATUSES, RunStatus
 from app.schemas.events import Event, EventPage
@@ -34,18 +39,14 @@ from app.schemas.runs import (
     RunPage,
 )
 from app.schemas.sessions import SessionCreate
-from app.services import idempotency
 from app.services import runs as service
-from app.services import sessions as session_service
 from app.store.tables import Run as RunRow
-from app.store.tables import Session as SessionRow
 
 router = APIRouter(tags=["runs"])
 
 WAIT_ENDS = (*TERMINAL_STATUSES, "requires_action")
 WAIT_EVENTS = TERMINAL_EVENTS | {"run.requires_action"}
 
-RunId = Annotated[str, Path(description="the run's id (`run_…`)", max_length=64)]
 SessionId = Annotated[str, Path(description="the session's id (`ses_…`)", max_length=64)]
 IdempotencyKey = Annotated[
     str | None,
@@ -77,64 +78,28 @@ CREATE_ERRORS = errors(
 )
 
 
-def _manager(request: Request) -> RunManager:
-    manager: RunManager = request.app.state.manager
-    return manager
-
-
 def _view(run: RunRow) -> Run:
     return Run.model_validate(service.run_view(run))
 
 
 async def _start(
-    request: Request, principal: Any, session_id: str | None, body: RunCreate,
-    idempotency_key: str | None, sent: RunCreate, new_session: SessionCreate | None = None,
+    request: Request, manager: RunManager, principal: Principal, session_id: str | None,
+    body: RunCreate, idempotency_key: str | None, sent: RunCreate,
+    new_session: SessionCreate | None = None,
 ) -> Response:
     """Create (or replay) the run; `sent` is the body as posted, which the key is bound to."""
-    manager = _manager(request)
-    database = get_database(request)
-    scope = idempotency.IdempotencyScope.parse(
-        principal.subject, "POST", request.url.path, idempotency_key)
-    created: service.CreatedRun | None = None
-    locked: SessionRow | None = None
-
-    async def create() -> str:
-        nonlocal created
-        session = locked
-        if session is None:
-            assert new_session is not None
-            session = await session_service.create_session(db, principal, new_session)
-        created = await service.create_run(
-            db, session, body, executor_id=manager.executor_id,
-            lease_s=manager.settings.run_lease_s, has_capacity=manager.has_capacity(),
-            accepting=manager.accepting, known_providers=manager.settings.provider_names(),
-        )
-        return created.run.id
-
-    async with database.transaction() as db:
-        if session_id is not None:
-            # Locked before the key is looked up: a concurrent repeat of this request waits
-            # here, then finds the key and replays instead of seeing the session busy.
-            locked = await session_service.get_session(db, principal, session_id, lock=True)
-        run_id, replayed = await idempotency.once(
-            db, scope, sent.model_dump(mode="json", exclude_unset=True), create)
-        run = await db.get(RunRow, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-    if created is not None:
-        manager.bus.publish(run_id, created.created_event)
-        manager.publish_state(run_id, run.session_id, run.agent, run.owner, "queued")
-        if created.interrupts:
-            await manager.cancel(created.interrupts, f"interrupted by {run_id}")
-        if created.start_now:
-            manager.submit(run_id)
-    headers = {"Location": f"/v1/runs/{run_id}", "Content-Location": f"/v1/runs/{run_id}"}
+    started = await run_service.start_run(
+        manager, principal, body, path=request.url.path, session_id=session_id,
+        new_session=new_session, idempotency_key=idempotency_key,
+        sent=sent.model_dump(mode="json", exclude_unset=True))
+    run, replayed = started.run, started.replayed
+    headers = {"Location": f"/v1/runs/{run.id}", "Content-Location": f"/v1/runs/{run.id}"}
     if replayed:
         headers["Idempotency-Replayed"] = "true"
     if body.stream:
-        events = follow_run(database, manager.bus, run_id, run.session_id, 0)
+        events = follow_run(manager.database, manager.bus, run.id, run.session_id, 0)
         if body.on_disconnect == "cancel" and not replayed:
-            events = _cancel_on_disconnect(events, manager, run_id)
+            events = _cancel_on_disconnect(events, manager, run.id)
         return EventSourceResponse(sse_frames(events), ping=15, headers=headers)
     code = status.HTTP_200_OK if replayed else status.HTTP_202_ACCEPTED
     return Response(_view(run).model_dump_json(), status_code=code, headers=headers,
@@ -162,10 +127,10 @@ async def _cancel_on_disconnect(
 )
 async def create_run(
     session_id: SessionId, body: RunCreate, request: Request, principal: CurrentPrincipal,
-    idempotency_key: IdempotencyKey = None,
+    manager: ManagerDep, idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Queue a run of the session's agent; with `stream: true`, follow it as SSE."""
-    return await _start(request, principal, session_id, body, idempotency_key, body)
+    return await _start(request, manager, principal, session_id, body, idempotency_key, body)
 
 
 @router.post(
@@ -175,14 +140,14 @@ async def create_run(
 )
 async def create_oneshot_run(
     body: OneShotRunCreate, request: Request, principal: CurrentPrincipal,
-    idempotency_key: IdempotencyKey = None,
+    manager: ManagerDep, idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Create a session of `agent` and its first run in one call."""
     new_session = SessionCreate(agent=body.agent, title=body.session.title,
                                 metadata=body.session.metadata)
     run_body = RunCreate.model_validate(body.model_dump(exclude={"agent", "session"},
                                                         exclude_unset=True))
-    return await _start(request, principal, None, run_body, idempotency_key, body,
+    return await _start(request, manager, principal, None, run_body, idempotency_key, body,
                         new_session)
 
 
@@ -209,12 +174,12 @@ async def list_runs(
                **errors(*AUTH, 422)},
 )
 async def stream_run_states(
-    request: Request, principal: StreamPrincipal,
+    manager: ManagerDep, principal: StreamPrincipal,
     status_: Annotated[RunStatus | None, Query(alias="status")] = None,
     agent: Annotated[str | None, Query(max_length=64)] = None,
 ) -> EventSourceResponse:
     """Live `run.state` events of the caller's runs (every run, for admins), for dashboards."""
-    bus = _manager(request).bus
+    bus = manager.bus
     subscription = bus.subscribe(bus.ALL)
 
     async def states() -> AsyncIterator[ServerSentEvent]:
@@ -235,9 +200,9 @@ async def stream_run_states(
 
 
 @router.get("/v1/runs/{run_id}", name="get", summary="Get a run", responses=errors(*READ))
-async def get_run(run_id: RunId, db: DbSession, principal: CurrentPrincipal) -> Run:
+async def get_run(run: RunById) -> Run:
     """One run with its status, output and usage."""
-    return _view(await service.get_run(db, principal, run_id))
+    return _view(run)
 
 
 def _prefers_json(accept: str | None) -> bool:
@@ -281,7 +246,7 @@ def _cursor(last_event_id: str | None, after: int | None) -> int:
     response_model=EventPage,
 )
 async def run_events(
-    run_id: RunId, request: Request, principal: StreamPrincipal,
+    run_id: RunId, request: Request, principal: StreamPrincipal, manager: ManagerDep,
     after: Annotated[int | None, Query(ge=0, le=2**31 - 1,
                                        description="only events with a greater seq")] = None,
     limit: Limit = 200,
@@ -302,7 +267,7 @@ async def run_events(
             return Response(page.model_dump_json(), media_type="application/json")
     if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    events = follow_run(database, _manager(request).bus, run_id, run.session_id, cursor)
+    events = follow_run(database, manager.bus, run_id, run.session_id, cursor)
     return EventSourceResponse(sse_frames(events), ping=15)
 
 
@@ -311,12 +276,12 @@ async def run_events(
     responses=errors(*READ),
 )
 async def wait_for_run(
-    run_id: RunId, request: Request, principal: CurrentPrincipal,
+    run_id: RunId, request: Request, principal: CurrentPrincipal, manager: ManagerDep,
     timeout_s: Annotated[float, Query(ge=0, le=300)] = 30,
 ) -> Run:
     """The run once it is terminal or `requires_action`, or as it is when the time is up."""
     database = get_database(request)
-    bus = _manager(request).bus
+    bus = manager.bus
     subscription = bus.subscribe(run_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -348,22 +313,10 @@ async def wait_for_run(
     responses=errors(*WRITE),
 )
 async def cancel_run(
-    run_id: RunId, request: Request, principal: CurrentPrincipal, body: RunCancel | None = None,
+    run: RunById, manager: ManagerDep, body: RunCancel | None = None,
 ) -> RunCancelled:
     """Cancel the run (idempotent: a finished run gives `cancelled: 0`)."""
     body = body or RunCancel()
-    database = get_database(request)
-    manager = _manager(request)
-    async with database.read() as db:
-        run = await service.get_run(db, principal, run_id)
-    cancelled = 0
-    if run.status not in TERMINAL_STATUSES:
-        reason = body.reason or "cancelled by the client"
-        if manager.is_running_here(run_id):
-            await manager.cancel(run_id, reason, wait=body.wait)
-        else:
-            await manager.finish_queued(run_id, reason)
-        cancelled = 1
-    async with database.read() as db:
-        run = await service.get_run(db, principal, run_id)
-    return RunCancelled(cancelled=cancelled, run=_view(run))
+    cancelled, current = await run_service.cancel_run(
+        manager, run, body.reason or "cancelled by the client", body.wait)
+    return RunCancelled(cancelled=cancelled, run=_view(current))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, select
@@ -47,10 +47,16 @@ def run_view(run: Run) -> dict[str, Any]:
 
 @dataclass
 class CreatedRun:
+    """A run just written, and what to do once its transaction committed."""
+
     run: Run
     created_event: dict[str, Any]
     start_now: bool
     interrupts: str | None
+    """The session's active run, to cancel: the new run waits behind it, so two runs of one
+    session never execute at once."""
+    ended: list[dict[str, Any]]
+    """Terminal events of the session's queued runs that the interrupt cancelled."""
 
 
 def _input_messages(body: RunCreate) -> list[dict[str, Any]]:
@@ -96,15 +102,12 @@ async def create_run(
             ["body", "overrides", "model"],
             f"unknown provider {provider!r}; known providers: {', '.join(known_providers)}",
         )
-    interrupts = None
     if session.active_run_id is not None:
         if body.if_busy == "reject":
             raise SessionBusy(
                 f"session {session.id} has an active run {session.active_run_id}",
                 headers={"Retry-After": "1"}, active_run_id=session.active_run_id,
             )
-        if body.if_busy == "interrupt":
-            interrupts = session.active_run_id
     elif session.open_tool_calls and body.on_pending == "reject":
         raise SessionPending(
             f"session {session.id} has tool calls without results",
@@ -114,15 +117,21 @@ async def create_run(
         raise Backpressure("too many runs are running or queued; retry later",
                            headers={"Retry-After": "1"})
     now = utcnow()
+    run_id = new_id("run")
+    ended: list[dict[str, Any]] = []
+    interrupts = None
+    if session.active_run_id is not None and body.if_busy == "interrupt":
+        ended = await _cancel_queued(db, session, f"interrupted by {run_id}", now)
+        interrupts = session.active_run_id
     run = Run(
-        id=new_id("run"), session_id=session.id, owner=session.owner, agent=agent.name,
+        id=run_id, session_id=session.id, owner=session.owner, agent=agent.name,
         agent_version=agent.version, status="queued", usage={}, meta=body.metadata,
         request={"input": _input_messages(body), "on_pending": body.on_pending,
                  "on_disconnect": body.on_disconnect, "if_busy": body.if_busy},
         config=config, parent_run_id=session.parent_run_id, executor_id=executor_id,
         lease_expires_at=now + timedelta(seconds=lease_s), last_seq=1, created_at=now,
     )
-    start_now = session.active_run_id is None or interrupts is not None
+    start_now = session.active_run_id is None
     if start_now:
         session.active_run_id = run.id
         session.updated_at = now
@@ -134,7 +143,31 @@ async def create_run(
                      {"run": _json(run_view(run))})
     db.add(RunEvent(run_id=run.id, seq=1, type="run.created", data=event["data"], ts=now))
     await db.flush()
-    return CreatedRun(run, event, start_now, interrupts)
+    return CreatedRun(run, event, start_now, interrupts, ended)
+
+
+async def _cancel_queued(
+    db: AsyncSession, session: Session, reason: str, now: datetime
+) -> list[dict[str, Any]]:
+    """End the session's queued runs as cancelled (the session row is locked).
+
+    An active run that is still queued ends too, and the session is free; a running one is
+    left to its process to cancel.
+    """
+    query = select(Run).where(Run.session_id == session.id, Run.status == "queued")
+    ended = []
+    for queued in (await db.exec(query.with_for_update())).all():
+        queued.last_seq += 1
+        queued.status, queued.ended_at, queued.lease_expires_at = "cancelled", now, None
+        data = {"reason": reason}
+        db.add(RunEvent(run_id=queued.id, seq=queued.last_seq, type="run.cancelled",
+                        data=data, ts=now))
+        db.add(queued)
+        ended.append(envelope("run.cancelled", queued.last_seq, queued.id, session.id, now,
+                              data))
+        if session.active_run_id == queued.id:
+            session.active_run_id = None
+    return ended
 
 
 def _json(view: dict[str, Any]) -> dict[str, Any]:
