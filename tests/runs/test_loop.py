@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from typing import Any
 
+import pytest
+
+from app.runs.store import RunStore, Tally
 from tests.runs.conftest import MAX_ATTEMPTS
 from tests.runs.helpers import (
     CALCULATOR,
@@ -294,6 +298,48 @@ class TestToolErrors:
         # One after another, the last would end 1 s after the first started.
         first_start = min(moment(e) for e in of_type(events, "tool.started"))
         assert (max(moment(e) for e in completed) - first_start).total_seconds() < 1.0
+
+
+class TestToolCallFailure:
+    async def test_a_call_that_raises_cancels_its_sleeping_siblings(
+        self, alice: Api, monkeypatch: pytest.MonkeyPatch,
+    ):
+        original = RunStore.append_messages
+        refused: list[str] = []
+
+        async def refuse_once(self: RunStore, session_id: str, run_id: str,
+                              messages: list[dict[str, Any]], tally: Tally,
+                              ) -> list[dict[str, Any]]:
+            if not refused and any(m.get("tool_call_id") == "call_0_0" for m in messages):
+                refused.append("call_0_0")
+                raise RuntimeError("the result cannot be stored")
+            return await original(self, session_id, run_id, messages, tally)
+
+        monkeypatch.setattr(RunStore, "append_messages", refuse_once)
+        nap = ("sleep", {"seconds": 1})
+        await alice.agent("fragile", [calls(("calculator", {"expression": "2+3"}), nap, nap),
+                                      step("never")], [CALCULATOR, SLEEP])
+        session_id = await alice.session("fragile")
+        started = time.monotonic()
+        run = await alice.wait((await alice.start(session_id, "hi"))["id"])
+
+        assert time.monotonic() - started < 1  # the sleeping calls were cancelled
+        assert refused == ["call_0_0"]
+        assert run["status"] == "failed"
+        assert run["error"]["code"] == "internal_error"
+        results = [m for m in await alice.messages(session_id) if m["role"] == "tool"]
+        assert sorted(m["tool_call_id"] for m in results) == ["call_0_0", "call_0_1", "call_0_2"]
+        assert {m["content"] for m in results} == {"<cancelled: internal error>"}
+        events = await alice.events(run["id"])
+        assert_gapless(events)
+        completed = of_type(events, "tool.completed")
+        assert sorted(e["data"]["tool_call_id"] for e in completed) == [
+            "call_0_0", "call_0_1", "call_0_2"]
+        assert {e["data"]["output"] for e in completed} == {"<cancelled: internal error>"}
+        await asyncio.sleep(1.5)  # past the end of the naps, had they gone on
+        assert await alice.events(run["id"]) == events  # nothing after the terminal event
+        assert [m for m in await alice.messages(session_id) if m["role"] == "tool"] == results
+        assert (await alice.get_session(session_id))["status"] == "idle"
 
 
 class TestTimeout:
