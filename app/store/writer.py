@@ -155,7 +155,7 @@ class Writer:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Write(run_id, work=work, last=last, future=future))
         # The writer owns the write: a cancelled caller stops waiting, the write goes on.
-        return await asyncio.shield(future)
+        return await future
 
     def publish(self, event: dict[str, Any]) -> None:
         """Publish an event that a write of its own committed (a run's terminal event)."""
