@@ -99,6 +99,7 @@ _STATUS_CODES = {
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
     406: ("not_acceptable", "Not acceptable"),
+    408: ("request_timeout", "Request timeout"),
     409: ("conflict", "Conflict"),
     413: ("body_too_large", "Body too large"),
     415: ("unsupported_media_type", "Unsupported media type"),
@@ -143,7 +144,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
                 "type": error.get("type", "value_error")}
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, UnstorableValue):
-            item.update(loc=[*item["loc"], *cause.path], msg=str(cause), type="unstorable_value")
+            item.update(loc=[*item["loc"], *cause.path], msg=str(cause), type=cause.type)
         elif "ctx" in error:
             item["ctx"] = _json_safe(error["ctx"])
         errors.append(item)

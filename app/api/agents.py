@@ -6,10 +6,10 @@ import re
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import TypeAdapter, ValidationError
 
-from app.api.deps import CurrentPrincipal, Cursor, DbSession, Limit, SettingsDep
+from app.api.deps import CurrentPrincipal, Cursor, DbSession, Limit, SettingsDep, get_database
 from app.api.responses import READ, WRITE, errors
 from app.auth import Principal
 from app.errors import BadRequest, NotFound, ValidationFailed
@@ -65,11 +65,12 @@ def _location(principal: Principal, owner: str, name: str) -> str:
     responses=errors(*WRITE, 403, 409, s409="An agent of that name exists (`agent_exists`)"),
 )
 async def create_agent(
-    body: AgentCreate, db: DbSession, principal: CurrentPrincipal, settings: SettingsDep,
+    body: AgentCreate, request: Request, principal: CurrentPrincipal, settings: SettingsDep,
     response: Response, owner: Owner = None,
 ) -> Agent:
     """Create an agent in the caller's namespace (version 1)."""
-    agent = await service.create_agent(db, settings, _namespace(principal, owner), body)
+    agent = await service.create_agent(
+        get_database(request), settings, _namespace(principal, owner), body)
     response.headers["Location"] = _location(principal, agent.owner, agent.name)
     return Agent.model_validate(service.agent_view(agent))
 
@@ -99,12 +100,13 @@ async def get_agent(
     "/{agent_name}", name="update", summary="Update an agent", responses=errors(*WRITE, 403)
 )
 async def update_agent(
-    agent_name: AgentName, body: AgentUpdate, db: DbSession, principal: CurrentPrincipal,
+    agent_name: AgentName, body: AgentUpdate, request: Request, principal: CurrentPrincipal,
     settings: SettingsDep, owner: Owner = None,
 ) -> Agent:
     """Replace the fields present; any change makes a new version."""
     agent = await service.update_agent(
-        db, settings, _namespace(principal, owner), _checked_name(agent_name), body
+        get_database(request), settings, _namespace(principal, owner),
+        _checked_name(agent_name), body,
     )
     return Agent.model_validate(service.agent_view(agent))
 

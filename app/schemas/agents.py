@@ -6,7 +6,16 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator
 
-from app.schemas.common import Metadata, Name, Page, RequestModel, ResponseModel, Timestamp
+from app.schemas.common import (
+    DEPTH_RULE,
+    Metadata,
+    Name,
+    Omittable,
+    Page,
+    RequestModel,
+    ResponseModel,
+    Timestamp,
+)
 from app.schemas.tools import ToolPolicy, ToolSpec, check_unique_tool_names
 
 ModelRef = Annotated[
@@ -19,6 +28,8 @@ AgentDescription = Annotated[str, Field(max_length=4096)]
 
 
 class Sampling(RequestModel):
+    """Sampling parameters; `null` leaves a parameter to the provider's default."""
+
     temperature: float | None = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -43,6 +54,11 @@ class Compaction(RequestModel):
 MaxTurns = Annotated[int, Field(ge=1, le=1000)]
 TimeoutS = Annotated[int, Field(ge=1, le=86_400)]
 Tools = Annotated[list[ToolSpec], Field(max_length=128)]
+ProviderOptions = Annotated[
+    dict[str, Any],
+    Field(description="options of the model's provider, e.g. the `scripted` provider's "
+                      f"`script` ({DEPTH_RULE})"),
+]
 
 
 class AgentSpec(RequestModel):
@@ -57,7 +73,7 @@ class AgentSpec(RequestModel):
     max_turns: MaxTurns = 16
     timeout_s: TimeoutS = 600
     compaction: Compaction = Field(default_factory=Compaction)
-    provider_options: dict[str, Any] = Field(default_factory=dict)
+    provider_options: ProviderOptions = Field(default_factory=dict)
     metadata: Metadata = Field(default_factory=dict)
 
     _unique_tools = field_validator("tools")(check_unique_tool_names)
@@ -68,26 +84,28 @@ class AgentCreate(AgentSpec):
 
 
 class AgentUpdate(RequestModel):
-    """A partial update: a field present replaces the whole value; null clears a nullable one."""
+    """A partial update: a field present replaces the whole value.
 
-    description: AgentDescription | None = None
-    model: ModelRef | None = None
-    instructions: Instructions | None = None
-    tools: Tools | None = None
-    tool_policy: ToolPolicy | None = None
-    sampling: Sampling | None = None
-    max_turns: MaxTurns | None = None
-    timeout_s: TimeoutS | None = None
-    compaction: Compaction | None = None
-    provider_options: dict[str, Any] | None = None
-    metadata: Metadata | None = None
+    `null` clears `description` or `instructions`; every other field holds a value, so its
+    `null` is a 422 (send `{}` to reset `tool_policy`, `metadata` or `provider_options`).
+    """
+
+    description: AgentDescription | None = Field(default=None, description="null clears it")
+    model: Omittable[ModelRef] = None
+    instructions: Instructions | None = Field(
+        default=None, description="the system prompt; null clears it")
+    tools: Omittable[Tools] = None
+    tool_policy: Omittable[ToolPolicy] = None
+    sampling: Omittable[Sampling] = None
+    max_turns: Omittable[MaxTurns] = None
+    timeout_s: Omittable[TimeoutS] = None
+    compaction: Omittable[Compaction] = None
+    provider_options: Omittable[ProviderOptions] = None
+    metadata: Omittable[Metadata] = None
 
     _unique_tools = field_validator("tools")(
         lambda value: value if value is None else check_unique_tool_names(value)
     )
-
-
-NULLABLE_AGENT_FIELDS = frozenset({"description", "instructions"})
 
 
 class Agent(ResponseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -10,10 +11,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     PlainSerializer,
     StringConstraints,
     model_validator,
 )
+from pydantic_core import PydanticCustomError, core_schema
 
 from app.clock import rfc3339
 
@@ -36,50 +39,108 @@ Subject = Annotated[
     Field(description="the principal a key acts as; 1..64 of letters, digits, `_.@-`",
           examples=["alice"]),
 ]
+MAX_JSON_DEPTH = 32
+DEPTH_RULE = (f"a request body nests objects and arrays at most {MAX_JSON_DEPTH} levels deep, "
+              "the body itself being the first level")
 Metadata = Annotated[
     dict[str, Any],
-    Field(description="free-form JSON object stored with the resource (at most 64 keys)",
-          max_length=64),
+    Field(description=f"free-form JSON object stored with the resource (at most 64 keys; "
+                      f"{DEPTH_RULE})", max_length=64),
 ]
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class UnstorableValue(ValueError):
-    """A value no backend can store as JSON; `path` locates it inside the validated input."""
+    """A value no backend can store as JSON; `path` locates it inside the validated input.
 
-    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+    `type` is the error type the 422 reports: `unstorable_value` or `nesting_too_deep`.
+    """
+
+    def __init__(
+        self, path: tuple[str | int, ...], reason: str, type_: str = "unstorable_value"
+    ) -> None:
         super().__init__(reason)
         self.path = path
+        self.type = type_
 
 
-def check_storable(value: Any, path: tuple[str | int, ...] = ()) -> None:
-    """Raise `UnstorableValue` for NUL characters, NaN or Infinity anywhere in `value`.
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "must not contain NUL (U+0000) characters"
+    # A lone UTF-16 surrogate (what slicing a JavaScript string can leave) has no UTF-8 form.
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        return "must not contain lone UTF-16 surrogates (U+D800..U+DFFF)"
+    return None
 
-    Postgres stores none of them in text or JSONB, so they are refused on every backend.
+
+def check_storable(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise `UnstorableValue` for anything in `value` no backend stores and reads back.
+
+    That is NUL characters, lone surrogates (in strings and in keys), NaN, Infinity, and
+    objects or arrays nested more than `max_depth` levels (`value` itself being the first).
+    Postgres refuses the first three, and deeper JSON fails to serialize on its way back.
+    The walk is iterative, so no input can exhaust the interpreter's recursion limit.
     """
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise UnstorableValue(path, "must not contain NUL (U+0000) characters")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise UnstorableValue(path, f"must be a finite number, not {value}")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str) and "\x00" in key:
-                raise UnstorableValue(path, "keys must not contain NUL (U+0000) characters")
-            check_storable(item, (*path, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_storable(item, (*path, index))
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            reason = _text_problem(item)
+            if reason is not None:
+                raise UnstorableValue(path, reason)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise UnstorableValue(path, f"must be a finite number, not {item}")
+        elif isinstance(item, dict | list):
+            if len(path) >= max_depth:
+                raise UnstorableValue(
+                    path, f"is nested too deep: {DEPTH_RULE}", "nesting_too_deep")
+            if isinstance(item, list):
+                pending.extend((child, (*path, index)) for index, child in enumerate(item))
+                continue
+            for key, child in item.items():
+                if isinstance(key, str) and (reason := _text_problem(key)) is not None:
+                    raise UnstorableValue(path, f"keys {reason}")
+                pending.append((child, (*path, key)))
+
+
+def _refuse_null(value: Any) -> Any:
+    if value is None:
+        raise PydanticCustomError(
+            "null_not_allowed", "may not be null; omit the field instead")
+    return value
+
+
+class _NotNull:
+    """Turns `X | None` into `X` for validation and the document, keeping `None` as default."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        schema = handler(source)
+        if schema["type"] == "nullable":
+            schema = schema["schema"]
+        return core_schema.no_info_before_validator_function(_refuse_null, schema)
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+Omittable = Annotated[T | None, _NotNull(), Field(json_schema_extra=_without_default)]
+"""A field that may be left out (then `None` in Python) but is never `null` in a request."""
 
 
 class RequestModel(BaseModel):
     """Base for request bodies: unknown fields are an error, so typos surface.
 
-    Values Postgres cannot store (NUL characters, NaN, Infinity) are rejected up front
-    instead of failing at write time.
+    Types are strict: a JSON value of another type is an error, never converted (`"5"` is
+    not an integer, `false` is not 0, `1` is not `true`; a whole number is still a number).
+    Values no backend can store (see `check_storable`) are rejected up front instead of
+    failing at write time or on a later read.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod

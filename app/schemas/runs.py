@@ -8,7 +8,15 @@ from pydantic import Field, model_validator
 
 from app.runs.status import RunStatus
 from app.schemas.agents import Compaction, Instructions, MaxTurns, ModelRef, Sampling, TimeoutS
-from app.schemas.common import Metadata, Name, Page, RequestModel, ResponseModel, Timestamp
+from app.schemas.common import (
+    Metadata,
+    Name,
+    Omittable,
+    Page,
+    RequestModel,
+    ResponseModel,
+    Timestamp,
+)
 from app.schemas.messages import Content
 from app.schemas.tools import ToolName
 
@@ -75,18 +83,24 @@ RunInput = Annotated[
 
 
 class RunOverrides(RequestModel):
-    """Per-run changes to the agent's configuration."""
+    """Per-run changes to the agent's configuration; a field left out keeps the agent's.
 
-    model: ModelRef | None = None
-    instructions: Instructions | None = None
-    sampling: Sampling | None = None
-    max_turns: MaxTurns | None = None
-    timeout_s: TimeoutS | None = None
-    tools: Annotated[list[ToolName], Field(max_length=128)] | None = Field(
+    Only `instructions` and `allowed_hosts` take `null` (see their descriptions).
+    """
+
+    model: Omittable[ModelRef] = None
+    instructions: Instructions | None = Field(
+        default=None, description="the system prompt of this run; null runs without one")
+    sampling: Omittable[Sampling] = None
+    max_turns: Omittable[MaxTurns] = None
+    timeout_s: Omittable[TimeoutS] = None
+    tools: Omittable[Annotated[list[ToolName], Field(max_length=128)]] = Field(
         default=None, description="narrow the agent's tools to these names")
     allowed_hosts: Annotated[list[Annotated[str, Field(max_length=253)]], Field(
-        max_length=256)] | None = None
-    compaction: Compaction | None = None
+        max_length=256)] | None = Field(
+        default=None, description="hosts the run's tools may reach: `[]` none, a list the "
+        "intersection with the operator's list; null (like leaving it out) the operator's list")
+    compaction: Omittable[Compaction] = None
 
 
 class RunCreate(RequestModel):
@@ -118,7 +132,8 @@ class OneShotRunCreate(RunCreate):
 
 
 class RunCancel(RequestModel):
-    reason: Annotated[str, Field(max_length=1024)] | None = None
+    reason: Omittable[Annotated[str, Field(max_length=1024)]] = Field(
+        default=None, description="why the run is cancelled (default: a generic reason)")
     wait: bool = False
 
 

@@ -6,7 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from app.schemas.common import Metadata, Name, Page, RequestModel, ResponseModel, Timestamp
+from app.schemas.common import (
+    Metadata,
+    Name,
+    Omittable,
+    Page,
+    RequestModel,
+    ResponseModel,
+    Timestamp,
+)
 from app.schemas.messages import Message
 
 SessionStatus = Literal["idle", "running", "pending"]
@@ -20,13 +28,15 @@ class SessionCreate(RequestModel):
 
 
 class SessionUpdate(RequestModel):
-    title: Title | None = None
-    metadata: Metadata | None = None
+    """Replace the fields present; `null` clears `title`, `metadata` holds an object."""
+
+    title: Title | None = Field(default=None, description="null clears it")
+    metadata: Omittable[Metadata] = None
 
 
 class SessionFork(RequestModel):
-    at_seq: int | None = Field(
-        default=None, ge=1, description="copy messages up to and including this seq (default: all)"
+    at_seq: Omittable[Annotated[int, Field(ge=1)]] = Field(
+        default=None, description="copy messages up to and including this seq (default: all)"
     )
 
 

@@ -15,8 +15,9 @@ from app.config import Settings
 from app.errors import AgentExists, Conflict, NotFound, ValidationFailed
 from app.ids import new_id
 from app.runs.status import ACTIVE_STATUSES
-from app.schemas.agents import NULLABLE_AGENT_FIELDS, AgentCreate, AgentSpec, AgentUpdate
+from app.schemas.agents import AgentCreate, AgentSpec, AgentUpdate
 from app.schemas.tools import HttpTool, ScriptedOptions
+from app.store.db import Database
 from app.store.pagination import newest_first
 from app.store.tables import Agent, AgentVersion, Run
 from app.tools.url_guard import PrivateUrl, check_public_url
@@ -36,6 +37,7 @@ def version_view(agent: Agent, version: AgentVersion) -> dict[str, Any]:
 
 
 def _check_provider(spec: AgentSpec, settings: Settings) -> None:
+    """A known provider, and for `scripted:*` models a valid script."""
     provider = spec.model.split(":", 1)[0]
     known = settings.provider_names()
     if provider not in known:
@@ -54,10 +56,14 @@ def _check_provider(spec: AgentSpec, settings: Settings) -> None:
             raise ValidationFailed(f"{where}: {first['msg']}", errors) from exc
 
 
-async def _check_tool_urls(spec: AgentSpec, settings: Settings) -> None:
+async def check_tool_urls(tools: Sequence[Any], settings: Settings) -> None:
+    """Refuse tool URLs that reach private addresses (422 naming the tool's URL field).
+
+    It resolves host names (up to 2 s each), so callers run it before taking any lock.
+    """
     if settings.allow_private_urls:
         return
-    for index, tool in enumerate(spec.tools):
+    for index, tool in enumerate(tools):
         field = "url" if isinstance(tool, HttpTool) else "server_url"
         url = getattr(tool, field, None)
         if url is None:
@@ -70,12 +76,6 @@ async def _check_tool_urls(spec: AgentSpec, settings: Settings) -> None:
                 f"{exc} (set LOOMD_ALLOW_PRIVATE_URLS=true to allow private addresses)",
                 "private_url",
             ) from exc
-
-
-async def _check_spec(spec: AgentSpec, settings: Settings) -> None:
-    """Checks that need the settings: a known provider, its options, public tool URLs."""
-    _check_provider(spec, settings)
-    await _check_tool_urls(spec, settings)
 
 
 async def _find(db: AsyncSession, owner: str, name: str, lock: bool = False) -> Agent | None:
@@ -93,22 +93,29 @@ async def get_agent(db: AsyncSession, owner: str, name: str, lock: bool = False)
 
 
 async def create_agent(
-    db: AsyncSession, settings: Settings, owner: str, body: AgentCreate
+    database: Database, settings: Settings, owner: str, body: AgentCreate
 ) -> Agent:
+    """Version 1 of a new agent; 409 `agent_exists` when the owner has one of that name.
+
+    Tool URLs are resolved (which can take seconds) before the write transaction opens:
+    on SQLite an open write session holds the process's one write turn.
+    """
     spec = AgentSpec.model_validate(body.model_dump(exclude={"name"}))
     config = spec.model_dump(mode="json")
-    await _check_spec(spec, settings)
-    if await _find(db, owner, body.name) is not None:
-        raise AgentExists(f"agent {body.name!r} already exists", agent=body.name)
-    now = utcnow()
-    agent = Agent(id=new_id("agt"), owner=owner, name=body.name, version=1, config=config,
-                  created_at=now, updated_at=now)
-    db.add(agent)
-    db.add(AgentVersion(agent_id=agent.id, version=1, config=config, created_at=now))
-    try:
-        await db.flush()
-    except IntegrityError as exc:
-        raise AgentExists(f"agent {body.name!r} already exists", agent=body.name) from exc
+    _check_provider(spec, settings)
+    await check_tool_urls(spec.tools, settings)
+    async with database.transaction() as db:
+        if await _find(db, owner, body.name) is not None:
+            raise AgentExists(f"agent {body.name!r} already exists", agent=body.name)
+        now = utcnow()
+        agent = Agent(id=new_id("agt"), owner=owner, name=body.name, version=1, config=config,
+                      created_at=now, updated_at=now)
+        db.add(agent)
+        db.add(AgentVersion(agent_id=agent.id, version=1, config=config, created_at=now))
+        try:
+            await db.flush()
+        except IntegrityError as exc:
+            raise AgentExists(f"agent {body.name!r} already exists", agent=body.name) from exc
     return agent
 
 
@@ -123,32 +130,39 @@ async def list_agents(
 
 
 async def update_agent(
-    db: AsyncSession, settings: Settings, owner: str, name: str, body: AgentUpdate
+    database: Database, settings: Settings, owner: str, name: str, body: AgentUpdate
 ) -> Agent:
-    agent = await get_agent(db, owner, name, lock=True)
+    """Apply the fields present; a change makes version n + 1, no change keeps the agent.
+
+    New tool URLs are resolved before the write transaction opens and the agent is locked:
+    resolving can take seconds, and on SQLite the transaction holds the process's one write
+    turn. Tools left as they are were checked when they were set, and every URL is checked
+    again when its tool is called.
+    """
+    if body.tools is not None:
+        await check_tool_urls(body.tools, settings)
     changes = body.model_dump(mode="json", include=body.model_fields_set)
-    for field, value in changes.items():
-        if value is None and field not in NULLABLE_AGENT_FIELDS:
-            raise ValidationFailed.at(["body", field], "may not be null", "null_not_allowed")
-    try:
-        spec = AgentSpec.model_validate({**agent.config, **changes})
-    except ValidationError as exc:
-        raise ValidationFailed(
-            "the updated agent is not valid",
-            [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-             for e in exc.errors()],
-        ) from exc
-    await _check_spec(spec, settings)
-    config = spec.model_dump(mode="json")
-    if config == agent.config:
-        return agent
-    now = utcnow()
-    agent.version += 1
-    agent.config = config
-    agent.updated_at = now
-    db.add(agent)
-    db.add(AgentVersion(agent_id=agent.id, version=agent.version, config=config, created_at=now))
-    await db.flush()
+    async with database.transaction() as db:
+        agent = await get_agent(db, owner, name, lock=True)
+        try:
+            spec = AgentSpec.model_validate({**agent.config, **changes})
+        except ValidationError as exc:
+            raise ValidationFailed(
+                "the updated agent is not valid",
+                [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                 for e in exc.errors()],
+            ) from exc
+        _check_provider(spec, settings)
+        config = spec.model_dump(mode="json")
+        if config == agent.config:
+            return agent
+        now = utcnow()
+        agent.version += 1
+        agent.config = config
+        agent.updated_at = now
+        db.add(agent)
+        db.add(AgentVersion(agent_id=agent.id, version=agent.version, config=config,
+                            created_at=now))
     return agent
 
 
