@@ -10,7 +10,7 @@ from typing import Any
 import openai
 
 from app.clock import rfc3339, utcnow
-from app.config import Settings
+from app.config import DEFAULT_OPENAI_BASE_URL, Settings
 from app.providers.base import Provider, ProviderError
 from app.providers.openai_compat import OpenAIProvider
 from app.providers.scripted import ScriptedProvider
@@ -84,12 +84,26 @@ class ProviderRegistry:
         self._openai_compatible[name] = provider
         return provider
 
+    def is_configured(self, name: str) -> bool:
+        """Whether the operator set the provider up, so probing it was asked for.
+
+        `scripted` and the `LOOMD_PROVIDERS` entries always are; `openai` only with
+        `OPENAI_API_KEY` or a base URL other than the public endpoint, so a fresh install
+        never reaches the internet on its own.
+        """
+        if name != OPENAI or name in self._settings.providers:
+            return True
+        settings = self._settings
+        return (settings.openai_api_key is not None
+                or settings.openai_base_url != DEFAULT_OPENAI_BASE_URL)
+
     async def probe(self, name: str, refresh: bool = False) -> dict[str, Any]:
         """Health of one provider via `GET {base_url}/models`, cached for 30 s.
 
         Returns `{"name", "kind", "base_url", "status", "models", "latency_ms", "checked_at"}`
-        with status `ok`, `unreachable`, `unauthorized` or `unknown`. Raises a non-retryable
-        `ProviderError` for an unknown name.
+        with status `ok`, `unreachable`, `unauthorized` or `unknown`; a provider that is not
+        configured (see `is_configured`) is `unknown` without any request. Raises a
+        non-retryable `ProviderError` for an unknown name.
         """
         cached = self._probes.get(name)
         if cached is not None and not refresh and time.monotonic() - cached[0] < PROBE_TTL_S:
@@ -107,6 +121,10 @@ class ProviderRegistry:
             return {"name": name, "kind": "scripted", "base_url": None, "status": "ok",
                     "models": ["*"], "latency_ms": 0, "checked_at": rfc3339(utcnow())}
         provider = self._openai_provider(name)
+        if not self.is_configured(name):
+            return {"name": name, "kind": "openai-compatible", "base_url": provider.base_url,
+                    "status": "unknown", "models": [], "latency_ms": 0,
+                    "checked_at": rfc3339(utcnow())}
         started = time.monotonic()
         models: list[str] = []
         try:
