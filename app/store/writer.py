@@ -92,8 +92,14 @@ class WriterStats:
     stopped_runs: set[str] = field(default_factory=set)
 
 
+class DatabaseUnreachable(Exception):
+    """No connection to the database could be opened, so no write was even tried."""
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether `error` is a passing fault of the database or the connection to it."""
+    if isinstance(error, DatabaseUnreachable):
+        return True
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return True
@@ -268,8 +274,19 @@ class Writer:
                     database.sqlite_writer.thread, database.sqlite_writer.run,
                     lambda connection: _apply(connection, writes))
         turn = database.write_turn if database.is_sqlite else contextlib.nullcontext()
-        async with turn, database.run_engine.begin() as connection:
-            return await connection.run_sync(_apply, writes)
+        async with turn:
+            connection = database.run_engine.connect()
+            try:
+                await connection.start()
+            except Exception as exc:
+                # However the server words it (not accepting connections, too many clients,
+                # starting up), a refused connection says nothing against the batch's rows.
+                raise DatabaseUnreachable(_short(exc)) from exc
+            try:
+                async with connection.begin():
+                    return await connection.run_sync(_apply, writes)
+            finally:
+                await connection.close()
 
     def _settle(self, batch: list[_Write]) -> None:
         """Publish the committed events in queue order and wake the callers."""
