@@ -19,7 +19,7 @@ from app.metrics import Metrics
 from app.providers.base import ProviderError, ToolCallOut
 from app.providers.registry import ProviderRegistry
 from app.runs.host import RunEvents, RunHost
-from app.runs.store import Ended, RunStore, StateChanged, is_queued
+from app.runs.store import Ended, RunStore, StartedRun, StateChanged, is_queued
 from app.store.db import Database
 from app.store.tables import Run
 from app.store.writer import StorageFailed, Writer
@@ -281,7 +281,7 @@ class RunManager:
             await events.emit("run.started", {})
             self.publish_state(run.id, run.session_id, run.agent, run.owner, "running")
             async with asyncio.timeout(host.configure(run.config).timeout_s):
-                outcome = await self._drive(run, host, started.input_stored)
+                outcome = await self._drive(run, host, started)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -291,7 +291,7 @@ class RunManager:
             closing = "run timed out"
             outcome = Outcome("failed", 0, error={
                 "code": "run_timeout",
-                "detail": f"the run exceeded its timeout of {run.config.get('timeout_s')} s"})
+                "detail": f"the run exceeded its timeout of {host.configure(run.config).timeout_s} s"})
         except StorageFailed as failure:
             outcome = Outcome("failed", 0, error=_failure(failure))
         except Exception as exc:
@@ -339,7 +339,7 @@ class RunManager:
             return
         self._ended(ended, "failed", host)
 
-    async def _drive(self, run: Run, host: RunHost, input_stored: bool) -> Outcome:
+    async def _drive(self, run: Run, host: RunHost, started: StartedRun) -> Outcome:
         """Run the loop step by step; a stop request is honoured between steps."""
         config = host.configure(run.config)
         try:
@@ -355,12 +355,13 @@ class RunManager:
         )
         host.loop = loop
         request = run.request
-        if not input_stored:  # stored as the run started unless tool calls were open
+        history = started.history  # as of the claim, which stored the input
+        if not started.input_stored:  # tool calls were open: answer them first
             await self._settle_pending(host, loop, request.get("on_pending", "reject"))
             if request.get("input"):
                 await host.append_messages(request["input"])
-        step = await loop.run(await self.store.history(run.session_id),
-                              should_stop=lambda: run.id in self._stops)
+            history = await self.store.history(run.session_id)
+        step = await loop.run(history, should_stop=lambda: run.id in self._stops)
         if isinstance(step, AwaitInput):  # nothing asks for input yet: no run can wait
             step = Failed("internal_error", f"the run cannot wait for {step.kind}")
         return Outcome.of(step, loop.turns, dict(loop.usage))
