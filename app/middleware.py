@@ -1,7 +1,9 @@
-"""The outermost ASGI layer: request ids, body caps, last-resort 500s and the access log."""
+"""The outermost ASGI layer: request ids, body caps and read timeouts, last-resort 500s and
+the access log."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -15,6 +17,7 @@ from app.errors import internal_error_response, problem
 from app.request_context import RequestInfo, bind_request_id, reset_request_id
 
 REQUEST_INFO_KEY = "loomd.request"
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
 _VALID_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 access_logger = logging.getLogger("loomd.access")
 error_logger = logging.getLogger("loomd.errors")
@@ -30,8 +33,19 @@ class BodyOverflow(HTTPException):
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
 
 
+class BodyReadTimeout(HTTPException):
+    """Raised from `receive` when the body has not fully arrived in time (408)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            408, f"the request body did not arrive within {timeout_s:g} s",
+            headers={"Connection": "close"},
+        )
+
+
 class RequestContextMiddleware:
-    """Per request: an `X-Request-ID`, the body cap, one access log line, no leaked traces."""
+    """Per request: an `X-Request-ID`, the body cap and read timeout, one access log line,
+    no leaked traces."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -71,7 +85,13 @@ class RequestContextMiddleware:
             elif (rejection := _nul_in_url(scope)) is not None:
                 await rejection(scope, receive, send_with_id)
             else:
-                await self.app(scope, self._capped(receive), send_with_id)
+                body_receive = self._guarded(receive, _body_read_timeout_s(scope))
+                await self.app(scope, body_receive, send_with_id)
+        except BodyReadTimeout as exc:
+            # Raised outside the framework's handlers (a body read by other code).
+            if not response_started:
+                await problem(408, "request_timeout", "Request timeout", str(exc.detail),
+                              headers={"Connection": "close"})(scope, receive, send_with_id)
         except Exception:
             error_logger.exception("unhandled error")
             if not response_started:
@@ -87,20 +107,47 @@ class RequestContextMiddleware:
             )
             reset_request_id(token)
 
-    def _capped(self, receive: Receive) -> Receive:
+    def _guarded(self, receive: Receive, timeout_s: float) -> Receive:
+        """`receive` with the body cap, and a deadline for the whole body.
+
+        The deadline runs from the first read of the body, so a client that sends the
+        headers and then stalls, or trickles the body, gets a 408 instead of holding the
+        connection. Once the body is complete, `receive` only waits for the disconnect,
+        which has no deadline (streams stay open as long as the client wants).
+        """
         received = 0
         limit = self.max_body_bytes
+        deadline: float | None = None
+        body_complete = False
 
-        async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyOverflow(limit)
+        async def guarded_receive() -> Message:
+            nonlocal received, deadline, body_complete
+            if body_complete:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + timeout_s
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyReadTimeout(timeout_s) from None
+            if message["type"] != "http.request":
+                body_complete = True
+                return message
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyOverflow(limit)
+            body_complete = not message.get("more_body", False)
             return message
 
-        return capped_receive
+        return guarded_receive
+
+
+def _body_read_timeout_s(scope: Scope) -> float:
+    """`LOOMD_BODY_READ_TIMEOUT_S` of the app being served (Starlette puts it in the scope)."""
+    settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+    return float(getattr(settings, "body_read_timeout_s", DEFAULT_BODY_READ_TIMEOUT_S))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
