@@ -28,7 +28,6 @@ from app.events.sse import RETRY_MS, follow_run, sse_frames
 from app.events.types import TERMINAL_EVENTS, is_terminal
 from app.runs import service as run_service
 from app.runs.manager import RunManager
-from app.runs.status import TERMINAL_STATUSES, RunStatus
 from app.schemas.events import Event, EventPage
 from app.schemas.runs import (
     OneShotRunCreate,
@@ -40,6 +39,7 @@ from app.schemas.runs import (
 )
 from app.schemas.sessions import SessionCreate
 from app.services import runs as service
+from app.status import TERMINAL_STATUSES, RunStatus
 from app.store.tables import Run as RunRow
 
 router = APIRouter(tags=["runs"])

@@ -289,9 +289,9 @@ class RunManager:
             stop = self._stops.get(run_id, _Stop("cancelled", "cancelled"))
         except TimeoutError:
             closing = "run timed out"
+            limit = host.configure(run.config).timeout_s
             outcome = Outcome("failed", 0, error={
-                "code": "run_timeout",
-                "detail": f"the run exceeded its timeout of {host.configure(run.config).timeout_s} s"})
+                "code": "run_timeout", "detail": f"the run exceeded its timeout of {limit} s"})
         except StorageFailed as failure:
             outcome = Outcome("failed", 0, error=_failure(failure))
         except Exception as exc:

@@ -8,12 +8,12 @@ from typing import Any
 from app.auth import Principal
 from app.errors import NotFound
 from app.runs.manager import RunManager
-from app.runs.status import TERMINAL_STATUSES
 from app.schemas.runs import RunCreate
 from app.schemas.sessions import SessionCreate
 from app.services import idempotency
 from app.services import runs as runs_service
 from app.services import sessions as session_service
+from app.status import TERMINAL_STATUSES
 from app.store.tables import Run, Session
 
 

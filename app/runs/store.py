@@ -21,7 +21,7 @@ from app.clock import utcnow
 from app.events.types import envelope
 from app.providers.base import Usage
 from app.rules import message_view, open_calls_after, session_status
-from app.runs.status import ACTIVE_STATUSES
+from app.status import ACTIVE_STATUSES
 from app.store.db import Database
 from app.store.tables import Message, Run, RunEvent, Session
 from app.store.writer import Writer

@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from app.runs.status import RunStatus
 from app.schemas.agents import Compaction, Instructions, MaxTurns, ModelRef, Sampling, TimeoutS
 from app.schemas.common import (
     Metadata,
@@ -19,6 +18,7 @@ from app.schemas.common import (
 )
 from app.schemas.messages import Content
 from app.schemas.tools import ToolName
+from app.status import RunStatus
 
 
 class RunUsage(ResponseModel):

@@ -14,9 +14,9 @@ from app.clock import utcnow
 from app.config import Settings
 from app.errors import AgentExists, Conflict, NotFound, ValidationFailed
 from app.ids import new_id
-from app.runs.status import ACTIVE_STATUSES
 from app.schemas.agents import AgentCreate, AgentSpec, AgentUpdate
 from app.schemas.tools import HttpTool, ScriptedOptions
+from app.status import ACTIVE_STATUSES
 from app.store.db import Database
 from app.store.pagination import newest_first
 from app.store.tables import Agent, AgentVersion, Run

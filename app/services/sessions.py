@@ -12,10 +12,11 @@ from app.auth import Principal
 from app.clock import utcnow
 from app.errors import NotFound, SessionBusy, ValidationFailed
 from app.ids import new_id
-from app.runs.status import ACTIVE_STATUSES
+from app.rules import message_view, open_calls_after, session_status
 from app.schemas.messages import MessageIn
 from app.schemas.sessions import SessionCreate, SessionUpdate
 from app.services.agents import get_agent
+from app.status import ACTIVE_STATUSES
 from app.store.pagination import newest_first
 from app.store.tables import Message, Run, Session
 
@@ -36,13 +37,8 @@ def session_view(session: Session) -> dict[str, Any]:
 
 
 def refresh_status(session: Session) -> None:
-    """`running` while a run is unfinished, `pending` while tool calls lack results."""
-    if session.active_run_id is not None:
-        session.status = "running"
-    elif session.open_tool_calls:
-        session.status = "pending"
-    else:
-        session.status = "idle"
+    """Recompute the session's stored `status` from its active run and open tool calls."""
+    session.status = session_status(session.active_run_id, session.open_tool_calls)
 
 
 async def get_session(
@@ -201,32 +197,6 @@ async def append_messages(
     db.add(session)
     await db.flush()
     return rows
-
-
-def message_view(message: Message) -> dict[str, Any]:
-    """The public shape of a message."""
-    return {"seq": message.seq, "role": message.role, "content": message.content,
-            "tool_calls": message.tool_calls, "tool_call_id": message.tool_call_id,
-            "name": message.name, "run_id": message.run_id, "state": message.state,
-            "created_at": message.created_at}
-
-
-def open_calls_after(
-    open_calls: list[dict[str, Any]], messages: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The tool calls still unanswered after `messages` (already known to pair correctly)."""
-    for message in messages:
-        if message["role"] == "tool":
-            open_calls = [c for c in open_calls if c["id"] != message.get("tool_call_id")]
-        elif message.get("tool_calls"):
-            open_calls = [
-                {"id": c["id"], "name": c["function"]["name"],
-                 "arguments": c["function"]["arguments"]}
-                for c in message["tool_calls"]
-            ]
-        elif message["role"] == "assistant":
-            open_calls = []
-    return open_calls
 
 
 async def fork_session(

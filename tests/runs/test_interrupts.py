@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import datetime
 
 from tests.runs.helpers import SLEEP, Api, assert_gapless, calls, of_type
@@ -44,7 +45,7 @@ class TestConcurrentInterrupts:
             if started:
                 spans.append((_ts(started[0]), _ts(events[-1]), run["id"]))
         spans.sort()
-        for (_, end, before), (start, _, after) in zip(spans, spans[1:], strict=False):
+        for (_, end, before), (start, _, after) in itertools.pairwise(spans):
             assert end <= start, f"{before} still ran when {after} started"
         assert len(spans) == 2, spans  # the interrupted run and the survivor
 
