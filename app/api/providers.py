@@ -14,12 +14,17 @@ from app.schemas.providers import ProviderList, ProviderStatus
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
 
 
-@router.get("", name="list", summary="List LLM providers", responses=errors(*AUTH, 422))
+@router.get(
+    "", name="list", summary="List LLM providers",
+    responses=errors(*AUTH, 400, 422, s400="A query parameter holds a NUL character "
+                     "(`bad_request`)"),
+)
 async def list_providers(
     request: Request, _principal: CurrentPrincipal,
     refresh: Annotated[bool, Query(description="probe now, not from the 30 s cache")] = False,
 ) -> ProviderList:
-    """Each provider probed with `GET /models` (never a chat request), cached for 30 s."""
+    """Each configured provider probed with `GET /models` (never a chat request), cached
+    for 30 s; `openai` without `OPENAI_API_KEY` or `OPENAI_BASE_URL` is `unknown`, unprobed."""
     registry: ProviderRegistry = request.app.state.providers
     probes = await registry.probe_all(refresh)
     return ProviderList(items=[ProviderStatus.model_validate(p) for p in probes])

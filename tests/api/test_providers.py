@@ -15,6 +15,7 @@ from app.config import Settings
 from app.main import create_app
 from app.providers.openai_compat import OpenAIProvider
 from tests.conftest import ADMIN_TOKEN, client_for, make_settings
+from tests.problems import assert_problem
 
 
 @pytest.fixture
@@ -87,3 +88,10 @@ async def test_named_providers_are_always_probed(
     assert probes == [base_url]
     assert listed["local"]["status"] == "unreachable"
     assert listed["openai"]["status"] == "unknown"
+
+
+async def test_a_nul_in_the_query_is_a_documented_bad_request(admin: httpx.AsyncClient):
+    response = await admin.get("/v1/providers", params={"refresh": "\x00"})
+    assert_problem(response, 400, "bad_request")
+    document = (await admin.get("/openapi.json")).json()
+    assert "400" in document["paths"]["/v1/providers"]["get"]["responses"]
