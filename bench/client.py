@@ -70,7 +70,9 @@ class StreamedRun:
     def outcome(self) -> str:
         terminal = self.terminal
         if terminal is None:
-            return "stream ended without a terminal event"
+            last = (f"last seq {self.frames[-1].seq} ({self.frames[-1].type})" if self.frames
+                    else "no event")
+            return f"stream ended without a terminal event after {len(self.frames)} events, {last}"
         return terminal.type if terminal.type == "run.completed" else (
             f"{terminal.type}: {terminal.data[:300].decode(errors='replace')}")
 

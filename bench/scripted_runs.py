@@ -101,6 +101,9 @@ async def paced_streams(ctx: Context) -> Row:
     added: list[float] = []
     for run in runs:
         arrivals = [frame.received for frame in run.frames if frame.type == "message.delta"]
+        if len(arrivals) != sizes.paced_deltas:
+            raise RuntimeError(f"run {run.run_id}: {len(arrivals)} of {sizes.paced_deltas} "
+                               "deltas received")
         added += [max(0.0, 1000 * (later - earlier) - sizes.pace_ms)
                   for earlier, later in itertools.pairwise(arrivals)]
     p99 = percentile(added, 0.99)

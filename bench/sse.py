@@ -41,7 +41,8 @@ class Frame:
 
 def _complete(buffer: bytes) -> int:
     """Where the last complete frame of `buffer` ends (0 when there is none)."""
-    return max(buffer.rfind(b"\n\n") + 2, buffer.rfind(b"\r\n\r\n") + 4, 0)
+    crlf, lf = buffer.rfind(b"\r\n\r\n"), buffer.rfind(b"\n\n")
+    return max(crlf + 4 if crlf >= 0 else 0, lf + 2 if lf >= 0 else 0)
 
 
 async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
