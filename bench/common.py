@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,24 +56,65 @@ def host_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS_PER_S
 
 
+def postgres_backends(database: str) -> list[int]:
+    """The Postgres server processes serving `database`, found by their process title
+    (`postgres: 15/main: postgres <database> 127.0.0.1(port) idle`)."""
+    marker = f" {database} ".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(b"postgres:") and marker in title:
+            pids.append(int(entry.name))
+    return pids
+
+
+class CpuCounter:
+    """CPU seconds used by some processes since the counter was made.
+
+    The processes are `pids` plus those `find` returns at each reading; one that started in
+    between counts whole, one that ended in between is lost.
+    """
+
+    def __init__(self, pids: list[int], find: Callable[[], list[int]] | None = None) -> None:
+        self.pids = pids
+        self.find = find
+        self._start = self._read()
+
+    def _read(self) -> dict[int, float]:
+        cpu = {}
+        for pid in {*self.pids, *(self.find() if self.find else [])}:
+            try:
+                cpu[pid] = process_cpu_s(pid)
+            except OSError:
+                continue
+        return cpu
+
+    def seconds(self) -> float:
+        return sum(used - self._start.get(pid, 0.0) for pid, used in self._read().items())
+
+
 class OtherLoad:
     """How many cores processes other than ours kept busy while a scenario ran.
 
-    The machine is shared: this is the noise figure that belongs beside every result.
+    Ours: this script, the server, the mock, and the Postgres backends serving the benchmark's
+    database. The machine is shared: this is the noise figure that belongs beside every result.
     """
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self._start = self._sample()
-
-    def _sample(self) -> tuple[float, float, float]:
-        ours = sum(os.times()[:2]) + sum(process_cpu_s(pid) for pid in self.pids)
-        return time.monotonic(), host_busy_s(), ours
+    def __init__(self, ours: CpuCounter) -> None:
+        self.ours = ours
+        self._start = time.monotonic(), host_busy_s(), sum(os.times()[:2])
 
     def cores(self) -> float:
         """Cores used by others since this meter was made."""
-        (wall0, host0, ours0), (wall1, host1, ours1) = self._start, self._sample()
-        return max(0.0, (host1 - host0) - (ours1 - ours0)) / max(wall1 - wall0, 1e-9)
+        wall0, host0, self0 = self._start
+        ours = self.ours.seconds() + sum(os.times()[:2]) - self0
+        wall = max(time.monotonic() - wall0, 1e-9)
+        return max(0.0, host_busy_s() - host0 - ours) / wall
 
 
 @dataclass

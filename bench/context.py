@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import process_cpu_s
+from bench.common import CpuCounter, postgres_backends
 from bench.profile import py_spy
 from bench.services import LoomdServer
 
@@ -48,6 +48,15 @@ class Context:
     mock_url: str | None
     sizes: Sizes
     profile_dir: Path | None
+    database: str | None = None
+    """The Postgres database's name; None on SQLite."""
+
+    def database_cpu(self) -> CpuCounter | None:
+        """A CPU counter of the Postgres backends serving this benchmark, or None on SQLite."""
+        database = self.database
+        if database is None:
+            return None
+        return CpuCounter([], lambda: postgres_backends(database))
 
     def profiled(self, scenario: str) -> AbstractContextManager[None]:
         """py-spy on the server for the block, when the script was asked to profile."""
@@ -61,20 +70,32 @@ class Context:
 
 
 class CpuMeter:
-    """Server CPU (all threads) spent between `start` and `stop`."""
+    """CPU spent between `start` and `stop` by the server (all threads) and, on Postgres, by
+    the database's backends."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.before = 0.0
-        self.seconds = 0.0
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.counters: tuple[CpuCounter, CpuCounter | None] | None = None
+        self.server_s = self.database_s = 0.0
 
     async def start(self) -> None:
         await asyncio.sleep(SETTLE_S)
-        self.before = process_cpu_s(self.pid)
+        self.counters = CpuCounter([self.ctx.server.pid]), self.ctx.database_cpu()
 
     async def stop(self) -> None:
         await asyncio.sleep(SETTLE_S)
-        self.seconds = process_cpu_s(self.pid) - self.before
+        assert self.counters is not None, "stop() before start()"
+        server, database = self.counters
+        self.server_s = server.seconds()
+        self.database_s = database.seconds() if database else 0.0
 
     def ms_per(self, count: int) -> float:
-        return 1000 * self.seconds / count
+        """The server's CPU milliseconds per `count`."""
+        return 1000 * self.server_s / count
+
+    def describe(self, runs: int) -> str:
+        """`server CPU x ms/run`, and the database's on Postgres."""
+        text = f"server CPU {self.ms_per(runs):.1f} ms/run"
+        if self.ctx.database is not None:
+            text += f" (+ Postgres {1000 * self.database_s / runs:.1f})"
+        return text

@@ -122,7 +122,7 @@ async def short_openai(ctx: Context) -> Row:
         await direct.aclose()
 
     await run_pool(sizes.short_warmup, sizes.openai_clients, loomd_job)
-    cpu = CpuMeter(ctx.server.pid)
+    cpu = CpuMeter(ctx)
     await cpu.start()
     with ctx.profiled("short-openai"):
         elapsed = await run_pool(sizes.short_runs, sizes.openai_clients, loomd_job)
@@ -135,7 +135,7 @@ async def short_openai(ctx: Context) -> Row:
     return Row(
         ctx.backend, f"short runs, openai provider, {sizes.openai_clients} clients",
         f"loomd {rate:.1f} runs/s, direct {direct_rate:.1f} runs/s, ratio {ratio:.2f}; "
-        f"server CPU {cpu_ms:.1f} ms/run",
+        f"{cpu.describe(sizes.short_runs)}",
         f"ratio ≥ {RATIO_TARGET}, CPU ≤ {cpu_target:.0f} ms/run",
         ratio >= RATIO_TARGET and cpu_ms <= cpu_target)
 

@@ -24,13 +24,14 @@ import tempfile
 import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.client import loomd_client
-from bench.common import OtherLoad, Row, machine, print_table
+from bench.common import CpuCounter, OtherLoad, Row, machine, postgres_backends, print_table
 from bench.context import Context, Sizes
 from bench.openai_runs import first_delta, short_openai
 from bench.profile import summarize
@@ -38,6 +39,7 @@ from bench.scripted_runs import big_stream, paced_streams, short_scripted
 from bench.services import (
     LoomdServer,
     Mock,
+    PostgresDatabase,
     aimock,
     describe_code,
     export_revision,
@@ -58,15 +60,34 @@ BACKENDS = ("sqlite", "postgres")
 UNUSED_OPENAI_URL = "http://127.0.0.1:9/v1"
 
 
-async def _run_scenarios(backend: str, server: LoomdServer, mock: Mock | None, sizes: Sizes,
-                         profile_dir: Path | None, names: list[str]) -> list[Row]:
+@dataclass
+class Setup:
+    """What one backend's scenarios run against, and with which sizes."""
+
+    backend: str
+    server: LoomdServer
+    mock: Mock | None
+    database: PostgresDatabase | None
+    sizes: Sizes
+    profile_dir: Path | None
+
+    def ours(self) -> CpuCounter:
+        """A CPU counter of the processes the benchmark started (the script itself aside)."""
+        pids = [self.server.pid, *([self.mock.pid] if self.mock else [])]
+        name = self.database.name if self.database else None
+        return CpuCounter(pids, (lambda: postgres_backends(name)) if name else None)
+
+
+async def _run_scenarios(setup: Setup, names: list[str]) -> list[Row]:
     rows = []
-    ours = [server.pid] + ([mock.pid] if mock else [])
-    async with loomd_client(server.base_url) as http:
-        ctx = Context(backend, server, http, mock.base_url if mock else None, sizes, profile_dir)
+    backend = setup.backend
+    async with loomd_client(setup.server.base_url) as http:
+        ctx = Context(backend, setup.server, http, setup.mock.base_url if setup.mock else None,
+                      setup.sizes, setup.profile_dir,
+                      setup.database.name if setup.database else None)
         for name in names:
             print(f"[{backend}] {name} …", file=sys.stderr, flush=True)
-            others = OtherLoad(ours)
+            others = OtherLoad(setup.ours())
             try:
                 row = await SCENARIOS[name](ctx)
             except Exception as exc:
@@ -84,16 +105,20 @@ def bench_backend(backend: str, names: list[str], workdir: Path, code: Path | No
     """Start loomd on `backend`, run the scenarios against it, stop it (and drop its database)."""
     workdir.mkdir()
     with ExitStack() as stack:
+        database = None
         if backend == "sqlite":
             url = f"sqlite+aiosqlite:///{workdir}/loomd.db"
         else:
-            url, version = stack.enter_context(postgres_database())
-            notes.append(f"postgres: PostgreSQL {version}, same host, fresh database per run")
+            database = stack.enter_context(postgres_database())
+            url = database.url
+            notes.append(f"postgres: PostgreSQL {database.server_version}, same host, "
+                         "fresh database per run")
         server = stack.enter_context(loomd_server(
             workdir, url, code, LOOMD_MAX_CONCURRENT_RUNS="256",
             OPENAI_BASE_URL=mock.base_url if mock else UNUSED_OPENAI_URL,
             OPENAI_API_KEY="bench-key"))
-        rows = asyncio.run(_run_scenarios(backend, server, mock, sizes, profile_dir, names))
+        setup = Setup(backend, server, mock, database, sizes, profile_dir)
+        rows = asyncio.run(_run_scenarios(setup, names))
     return rows
 
 
@@ -157,7 +182,8 @@ def main() -> int:
         print(note)
     if args.quick:
         print("sizes: --quick (smaller than the targets assume)")
-    print("others: cores kept busy by other processes of the host while each scenario ran")
+    print("others: cores kept busy by other processes of the host while each scenario ran "
+          "(not this script, loomd, the mock or the benchmark database's Postgres backends)")
     print()
     print_table(rows)
     for path in profiles:

@@ -129,12 +129,12 @@ async def short_scripted(ctx: Context) -> Row:
         return None if run.completed else run.outcome()
 
     await run_pool(sizes.short_warmup, sizes.scripted_clients, job)
-    cpu = CpuMeter(ctx.server.pid)
+    cpu = CpuMeter(ctx)
     await cpu.start()
     with ctx.profiled("short-scripted"):
         elapsed = await run_pool(sizes.short_runs, sizes.scripted_clients, job)
     await cpu.stop()
     rate = sizes.short_runs / elapsed
     return Row(ctx.backend, f"short runs, scripted, {sizes.scripted_clients} clients",
-               f"{rate:.1f} runs/s; server CPU {cpu.ms_per(sizes.short_runs):.1f} ms/run",
+               f"{rate:.1f} runs/s; {cpu.describe(sizes.short_runs)}",
                f"≥ {SCRIPTED_RUNS_PER_S_TARGET:.0f} runs/s", rate >= SCRIPTED_RUNS_PER_S_TARGET)

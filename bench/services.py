@@ -119,13 +119,22 @@ async def _postgres_admin(sql: str) -> str:
         await connection.close()
 
 
+@dataclass
+class PostgresDatabase:
+    """A database made for one benchmark run."""
+
+    name: str
+    url: str
+    server_version: str
+
+
 @contextmanager
-def postgres_database() -> Iterator[tuple[str, str]]:
-    """Create an empty database, yield (its SQLAlchemy URL, the server version), drop it."""
+def postgres_database() -> Iterator[PostgresDatabase]:
+    """Create an empty, uniquely named database; drop it afterwards."""
     name = f"loomd_bench_{uuid.uuid4().hex[:12]}"
     version = asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield postgres_url(name), version
+        yield PostgresDatabase(name, postgres_url(name), version)
     finally:
         asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
