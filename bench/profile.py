@@ -149,8 +149,10 @@ def summarize(path: Path, top: int = 15) -> str:
         "inclusive samples by loomd function": Counter(),
     }
     own_function, own_package, inclusive_package, inclusive_app = views.values()
+    rootless = 0
     for stack, count in stacks.items():
         sites = [site(frame) for frame in stack]
+        rootless += 0 if sites[0].root else count
         own_function[sites[-1].label] += count
         own_package[charged_package(sites)] += count
         inner = [s for s in sites if not s.root and not s.stdlib]
@@ -160,7 +162,9 @@ def summarize(path: Path, top: int = 15) -> str:
             inclusive_app[name] += count
     taken = re.search(r"Samples: (\d+)", _log(path))
     share = f", {100 * total / int(taken[1]):.0f}% of the {taken[1]} taken" if taken else ""
-    lines = [f"{path}: {total} samples with the GIL held{share}"]
+    lines = [f"{path}: {total} samples with the GIL held{share}",
+             f"{100 * rootless / total:.0f}% of them have no entry frame (SQLAlchemy's greenlets, "
+             "or a stack read while it changed): inclusive shares are lower bounds"]
     for title, counter in views.items():
         lines.append(f"{title}:")
         lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in counter.most_common(top)]
