@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from tests.e2e.server import Server, loomd_env, start_loomd
+from tests.runs import test_storage_faults
 from tests.runs.helpers import SLEEP, agent_body, assert_gapless, calls, step
 
 TOKEN = "recovery-admin-token"
@@ -141,3 +144,101 @@ class TestCrashRecovery:
                 assert (done["status"], done["output"]) == ("completed", "Fine.")
         finally:
             assert second.stop(), second.log()
+
+
+POSTGRES_LEASE_S = 3
+# The Postgres-only test's database, and the hook that gives it (unless --backend sqlite).
+postgres_database_url = test_storage_faults.postgres_database_url
+pytest_generate_tests = test_storage_faults.pytest_generate_tests
+
+
+def launch(database_url: str, workdir: Path, instance_id: str,
+           lease_s: float | None = None) -> Server:
+    """Start a `loomd serve` of `instance_id` (with the default lease unless given)."""
+    values = {"LOOMD_DATABASE_URL": database_url, "LOOMD_ADMIN_TOKEN": TOKEN,
+              "LOOMD_INSTANCE_ID": instance_id}
+    if lease_s is not None:
+        values["LOOMD_RUN_LEASE_S"] = str(lease_s)
+    return start_loomd(workdir, loomd_env(**values))
+
+
+def napping_run(http: httpx.Client, agent: str) -> tuple[str, str]:
+    """A new session's run, in the middle of a long `sleep` tool call: (session, run)."""
+    created = http.post("/v1/agents", json=agent_body(
+        agent, [calls(("sleep", {"seconds": 30})), step("Fine.")], [SLEEP]))
+    assert created.status_code == 201, created.text
+    session_id = http.post("/v1/sessions", json={"agent": agent}).json()["id"]
+    run = http.post(f"/v1/sessions/{session_id}/runs", json={"input": "nap"})
+    assert run.status_code == 202, run.text
+    until_tool_started(http, run.json()["id"])
+    return session_id, run.json()["id"]
+
+
+def kill(server: Server) -> None:
+    server.process.kill()
+    server.process.wait()
+
+
+def lease_held(database_url: str, run_id: str) -> bool:
+    """Whether the run's lease is still running by the database's clock."""
+    async def query() -> bool:
+        connection = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            return bool(await connection.fetchval(
+                "SELECT lease_expires_at > now() FROM runs WHERE id = $1", run_id))
+        finally:
+            await connection.close()
+
+    return asyncio.run(query())
+
+
+def assert_interrupted(http: httpx.Client, run_id: str, session_id: str) -> None:
+    run = http.get(f"/v1/runs/{run_id}").json()
+    assert run["status"] == "interrupted", run
+    events = events_of(http, run_id)
+    assert_gapless(events)
+    assert events[-1]["type"] == "run.interrupted"
+    session = http.get(f"/v1/sessions/{session_id}").json()
+    assert (session["status"], session["active_run_id"]) == ("pending", None), session
+
+
+class TestRestartOnPostgres:
+    def test_a_restart_takes_its_own_runs_over_at_once_and_another_ids_after_the_lease(
+        self, postgres_database_url: str, tmp_path: Path
+    ):
+        url = postgres_database_url
+        first = launch(url, tmp_path, "node-a")
+        # A process of another instance id beside them all along: as far as it knows, a
+        # run of node-a may be executing until the run's lease ends.
+        other = launch(url, tmp_path, "node-b", POSTGRES_LEASE_S)
+        second: Server | None = None
+        try:
+            first.wait_ready()
+            other.wait_ready()
+            with httpx.Client(base_url=first.base_url, headers=ADMIN, timeout=10) as http:
+                own_session, own_run = napping_run(http, "napper")
+            kill(first)
+
+            # The same instance id: the run is its own, whatever its 30 s lease says.
+            second = launch(url, tmp_path, "node-a", POSTGRES_LEASE_S)
+            second.wait_ready()
+            with httpx.Client(base_url=second.base_url, headers=ADMIN, timeout=10) as http:
+                assert_interrupted(http, own_run, own_session)
+                other_session, other_run = napping_run(http, "other-napper")
+            kill(second)
+            killed_at = time.monotonic()
+
+            with httpx.Client(base_url=other.base_url, headers=ADMIN, timeout=10) as http:
+                first_seen = http.get(f"/v1/runs/{other_run}").json()["status"]
+                assert lease_held(url, other_run), "the lease ended before the first request"
+                assert first_seen == "running"
+                while http.get(f"/v1/runs/{other_run}").json()["status"] == "running":
+                    assert time.monotonic() - killed_at < 3 * POSTGRES_LEASE_S
+                    time.sleep(0.05)
+                assert not lease_held(url, other_run)
+                assert_interrupted(http, other_run, other_session)
+        finally:
+            for server in (first, second):
+                if server is not None:
+                    kill(server)
+            assert other.stop(), other.log()
