@@ -48,6 +48,11 @@ def process_cpu_s(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS_PER_S
 
 
+def own_cpu_s() -> float:
+    """User + system CPU seconds used so far by this process (all threads)."""
+    return sum(os.times()[:2])
+
+
 def host_busy_s() -> float:
     """CPU seconds all cores of the host have been busy since boot (/proc/stat, idle and
     iowait left out)."""
@@ -107,12 +112,12 @@ class OtherLoad:
 
     def __init__(self, ours: CpuCounter) -> None:
         self.ours = ours
-        self._start = time.monotonic(), host_busy_s(), sum(os.times()[:2])
+        self._start = time.monotonic(), host_busy_s(), own_cpu_s()
 
     def cores(self) -> float:
         """Cores used by others since this meter was made."""
         wall0, host0, self0 = self._start
-        ours = self.ours.seconds() + sum(os.times()[:2]) - self0
+        ours = self.ours.seconds() + own_cpu_s() - self0
         wall = max(time.monotonic() - wall0, 1e-9)
         return max(0.0, host_busy_s() - host0 - ours) / wall
 
