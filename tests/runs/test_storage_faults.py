@@ -116,14 +116,35 @@ async def serving(app: FastAPI) -> AsyncIterator[Api]:
         await task
 
 
-async def follow(api: Api, run_id: str) -> list[dict[str, Any]]:
-    """Every event an SSE client following the run receives, until the stream ends."""
-    async with api.client.stream("GET", f"/v1/runs/{run_id}/events",
-                                 timeout=httpx.Timeout(20, read=30)) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        lines = [line async for line in response.aiter_lines()]
-    return [event_of(frame) for frame in frames(iter(lines)) if "data" in frame]
+class Follower:
+    """An SSE client following a run: the events it received so far, each as it came."""
+
+    def __init__(self, api: Api, run_id: str) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._task = asyncio.create_task(self._follow(api, run_id))
+
+    async def _follow(self, api: Api, run_id: str) -> None:
+        async with api.client.stream("GET", f"/v1/runs/{run_id}/events",
+                                     timeout=httpx.Timeout(20, read=30)) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            frame: list[str] = []
+            async for line in response.aiter_lines():
+                frame.append(line)
+                if not line:
+                    self.events += [event_of(f) for f in frames(iter(frame)) if "data" in f]
+                    frame = []
+
+    async def received(self, type_: str) -> None:
+        """Wait until an event of `type_` came (the stream has read the store by then)."""
+        await eventually(lambda: type_ in types(self.events) or self._task.done(),
+                         f"an SSE event {type_}")
+        assert type_ in types(self.events), self._task
+
+    async def everything(self) -> list[dict[str, Any]]:
+        """Every event received once the stream ended."""
+        await self._task
+        return self.events
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
@@ -255,12 +276,12 @@ class TestPassingOutage:
             manager_of(app).writer.fault = outage
             session_id = await storyteller(api)
             run_id = (await api.start(session_id, "tell"))["id"]
-            followed = asyncio.create_task(follow(api, run_id))
-            await api.until(run_id, "message.delta")
+            follower = Follower(api, run_id)
+            await follower.received("message.delta")
             outage.start(OUTAGE_S)
 
             run = await api.wait(run_id)
-            seen = await followed
+            seen = await follower.everything()
             events = await api.events(run_id)
 
         assert outage.refused > 0
@@ -286,8 +307,8 @@ class TestLastingOutage:
             manager.writer.fault = outage
             session_id = await storyteller(api, chunk_delay_ms=10)
             run_id = (await api.start(session_id, "tell"))["id"]
-            followed = asyncio.create_task(follow(api, run_id))
-            await api.until(run_id, "message.delta")
+            follower = Follower(api, run_id)
+            await follower.received("message.delta")
             outage.start()
             await eventually(lambda: run_id in manager.writer.stats.stopped_runs,
                              what="the run's writes failing")
@@ -298,7 +319,7 @@ class TestLastingOutage:
             outage.stop()
 
             run = await api.wait(run_id)
-            seen = await followed
+            seen = await follower.everything()
             events = await api.events(run_id)
             await assert_usable(api, session_id)
 
@@ -353,26 +374,39 @@ class TestRefusedRow:
 
 class TestClaimFailure:
     async def test_a_run_whose_claim_fails_ends_failed_once_the_database_is_back(
-        self, database_url: str
+        self, database_url: str, monkeypatch: pytest.MonkeyPatch
     ):
-        outage = Outage()
-        async with running_app(database_url, storage_deadline_s=0.5, run_lease_s=1.5) as app, \
-                admin_api(app) as api:
+        outage, claiming = Outage(), set[str]()
+
+        async def before(writes: list[Any]) -> None:
+            if claiming & {write.run_id for write in writes}:
+                outage()
+
+        async with running_app(database_url, storage_deadline_s=0.5, run_lease_s=1.5,
+                               max_concurrent_runs=1) as app, admin_api(app) as api:
             writer = manager_of(app).writer
-            writer.fault = outage
-            session_id = await storyteller(api, "short", "Fine.")
+            around_transactions(monkeypatch, writer, before)
+            busy_session = await storyteller(api, chunk_delay_ms=10)
+            busy = (await api.start(busy_session, "tell"))["id"]
+            await api.until(busy, "message.delta")
+            await api.agent("short", [step("Fine.")])
+            session_id = await api.session("short")
             outage.start()
-            run_id = (await api.start(session_id, "hi"))["id"]
-            await eventually(lambda: run_id in writer.stats.stopped_runs,
-                             what="the run's claim failing")
-            assert (await api.get_run(run_id))["status"] == "queued"
+            created = await api.start(session_id, "hi")  # claimed once the busy run ends
+            assert created["status"] == "queued"
+            claiming.add(created["id"])
+            await eventually(lambda: created["id"] in writer.stats.stopped_runs,
+                             "the run's claim failing")
+            assert (await api.get_run(created["id"]))["status"] == "queued"
             outage.stop()
 
-            run = await api.wait(run_id)
-            events = await api.events(run_id)
+            run = await api.wait(created["id"])
+            events = await api.events(created["id"])
             messages = await api.messages(session_id)
             await assert_usable(api, session_id)
+            assert (await api.wait(busy))["status"] == "completed"
 
+        assert outage.refused > 0
         assert (run["status"], run["error"]["code"]) == ("failed", "storage_unavailable"), run
         assert run["started_at"] is None
         assert types(events) == ["run.created", "run.failed"]
@@ -444,12 +478,12 @@ class TestPostgresOutage:
                 serving(app) as api, PostgresOutage(postgres_database_url) as outage:
             session_id = await storyteller(api)
             run_id = (await api.start(session_id, "tell"))["id"]
-            followed = asyncio.create_task(follow(api, run_id))
-            await api.until(run_id, "message.delta")
+            follower = Follower(api, run_id)
+            await follower.received("message.delta")
             await outage.terminate_for(OUTAGE_S)
 
             run = await api.wait(run_id)
-            seen = await followed
+            seen = await follower.everything()
             events = await api.events(run_id)
 
         assert outage.terminated > 0
@@ -469,15 +503,15 @@ class TestPostgresOutage:
             writer = manager_of(app).writer
             session_id = await storyteller(api, chunk_delay_ms=10)
             run_id = (await api.start(session_id, "tell"))["id"]
-            followed = asyncio.create_task(follow(api, run_id))
-            await api.until(run_id, "message.delta")
+            follower = Follower(api, run_id)
+            await follower.received("message.delta")
             await outage.refuse_connections()
             await eventually(lambda: run_id in writer.stats.stopped_runs,
                              what="the run's writes failing")
             await outage.allow_connections()
 
             run = await api.wait(run_id)
-            seen = await followed
+            seen = await follower.everything()
             events = await api.events(run_id)
             await assert_usable(api, session_id)
 
