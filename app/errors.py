@@ -8,11 +8,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.request_context import current_request_id
 from app.schemas.common import UnstorableValue
+from app.store.db import is_transient
 
 PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger("loomd.errors")
@@ -213,8 +215,18 @@ async def _request_validation_error(request: Request, exc: Exception) -> JSONRes
     return problem(422, "validation_error", "Validation error", detail, errors=errors)
 
 
+async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    """A database that is down for a moment is a 503 to retry, not a bug."""
+    if not is_transient(exc):
+        raise exc
+    return problem(503, "unavailable", "Service unavailable",
+                   "the database is not reachable right now; retry shortly",
+                   {"Retry-After": "1"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the framework or the code raises through problem+json."""
     app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,9 +12,11 @@ from sse_starlette import ServerSentEvent
 from app.events.bus import EventBus
 from app.events.types import envelope, is_terminal
 from app.services.runs import list_events
-from app.store.db import Database
+from app.store.db import Database, is_transient
 
 REPLAY_PAGE = 500
+REPLAY_ATTEMPTS = 12
+"""Tries of one replay read, about 8 s in all, before the stream ends."""
 RETRY_MS = 2000
 
 
@@ -32,8 +35,7 @@ async def follow_run(
     try:
         last = after
         while True:
-            async with database.read() as db:
-                rows = await list_events(db, run_id, last, REPLAY_PAGE)
+            rows = await _replay_page(database, run_id, last)
             page = [envelope(row.type, row.seq, run_id, session_id, row.ts, row.data)
                     for row in rows]
             batch, ended = _until_terminal(page)
@@ -57,6 +59,20 @@ async def follow_run(
                 return
     finally:
         bus.unsubscribe(subscription)
+
+
+async def _replay_page(database: Database, run_id: str, after: int) -> list[Any]:
+    """A page of stored events, retried while the database is down for a moment (a stream
+    that gives up ends, and its client resumes with `Last-Event-ID`)."""
+    for attempt in range(REPLAY_ATTEMPTS):
+        try:
+            async with database.read() as db:
+                return await list_events(db, run_id, after, REPLAY_PAGE)
+        except Exception as exc:
+            if not is_transient(exc) or attempt == REPLAY_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
+    raise AssertionError("unreachable")
 
 
 def _until_terminal(events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:

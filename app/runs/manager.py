@@ -75,6 +75,8 @@ class RunManager:
         self._waiting: deque[str] = deque()
         self._stops: dict[str, _Stop] = {}
         self._live: set[str] = set()
+        self._reserved: set[str] = set()
+        """Runs being claimed in their creation write: they hold a slot already."""
         self._abandoned: dict[str, dict[str, Any]] = {}
         """Runs whose task ended without storing their end: the error each is to end with."""
         self._lease_task: asyncio.Task[None] | None = None
@@ -83,7 +85,7 @@ class RunManager:
 
     @property
     def active_count(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) + len(self._reserved)
 
     @property
     def queued_count(self) -> int:
@@ -103,8 +105,29 @@ class RunManager:
         else:
             self._waiting.append(run_id)
 
-    def _start(self, run_id: str) -> None:
-        task = asyncio.create_task(self._execute(run_id), name=f"run-{run_id}")
+    def reserve_slot(self, run_id: str) -> bool:
+        """Hold a slot for a run that its creation write may claim; False when none is free.
+
+        Until `launch` or `release_slot`, the run counts as executing here, so a cancel that
+        comes meanwhile is kept and applied as the run starts.
+        """
+        if not self.accepting or self.active_count >= self.settings.max_concurrent_runs:
+            return False
+        self._reserved.add(run_id)
+        return True
+
+    def release_slot(self, run_id: str) -> None:
+        if run_id in self._reserved:
+            self._reserved.discard(run_id)
+            self._admit()
+
+    def launch(self, started: StartedRun) -> None:
+        """Execute a run its creation write claimed (in the slot reserved for it)."""
+        self._reserved.discard(started.run.id)
+        self._start(started.run.id, started)
+
+    def _start(self, run_id: str, started: StartedRun | None = None) -> None:
+        task = asyncio.create_task(self._execute(run_id, started), name=f"run-{run_id}")
         self._tasks[run_id] = task
         task.add_done_callback(lambda _t: self._on_done(run_id))
 
@@ -113,6 +136,9 @@ class RunManager:
         self._stops.pop(run_id, None)
         self._live.discard(run_id)
         self.writer.forget(run_id)
+        self._admit()
+
+    def _admit(self) -> None:
         while (self.accepting and self._waiting
                and self.active_count < self.settings.max_concurrent_runs):
             self._start(self._waiting.popleft())
@@ -120,7 +146,7 @@ class RunManager:
     # control
 
     def is_running_here(self, run_id: str) -> bool:
-        return run_id in self._tasks or run_id in self._waiting
+        return run_id in self._tasks or run_id in self._waiting or run_id in self._reserved
 
     async def cancel(self, run_id: str, reason: str, wait: bool = True,
                      status: str = "cancelled") -> bool:
@@ -133,6 +159,9 @@ class RunManager:
         if run_id in self._waiting:
             self._waiting.remove(run_id)
             await self._finish_unstarted(run_id, status, reason)
+            return True
+        if run_id in self._reserved:  # being created: stopped as soon as it starts
+            self._stops.setdefault(run_id, _Stop(status, reason))
             return True
         task = self._tasks.get(run_id)
         if task is None:
@@ -253,9 +282,10 @@ class RunManager:
 
     # execution
 
-    async def _execute(self, run_id: str) -> None:
+    async def _execute(self, run_id: str, started: StartedRun | None = None) -> None:
         try:
-            started = await self.store.start(run_id, store_input=run_id not in self._stops)
+            if started is None:
+                started = await self.store.start(run_id, store_input=run_id not in self._stops)
         except StorageFailed as failure:
             # Left queued, the run would hold its session for good: end it now or later.
             self._abandoned[run_id] = _failure(failure)

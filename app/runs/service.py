@@ -6,20 +6,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.auth import Principal
-from app.errors import NotFound
+from app.errors import NotFound, Unavailable
+from app.ids import new_id
+from app.runs.create import Policy, creation
 from app.runs.manager import RunManager
 from app.schemas.runs import RunCreate
 from app.schemas.sessions import SessionCreate
 from app.services import idempotency
-from app.services import runs as runs_service
-from app.services import sessions as session_service
 from app.status import TERMINAL_STATUSES
-from app.store.tables import Run, Session
+from app.store.tables import Run
+from app.store.writer import StorageFailed
 
 
 @dataclass
 class Started:
-    run: Run
+    run: Any
+    """The run as created (the ORM's attribute names), or as an earlier request made it."""
     replayed: bool
 
 
@@ -31,50 +33,59 @@ async def start_run(
     """Create the run (or find the one an earlier request with the same key created).
 
     `sent` is the body as posted, which an Idempotency-Key is bound to. The run is written
-    with its `run.created` event in one transaction, then handed to the manager; an
-    interrupted run is cancelled only after that commit, and the new run waits for its end.
+    with its `run.created` event in one write of the process's writer (and claimed in it
+    when a slot is free), then handed to the manager; an interrupted run is cancelled only
+    after that commit, and the new run waits for its end.
     """
     scope = idempotency.IdempotencyScope.parse(principal.subject, "POST", path,
                                                idempotency_key)
-    created: runs_service.CreatedRun | None = None
-    locked: Session | None = None
-
-    async def create() -> str:
-        nonlocal created
-        session = locked
-        if session is None:
-            assert new_session is not None
-            session = await session_service.create_session(db, principal, new_session)
-        created = await runs_service.create_run(
-            db, session, body, executor_id=manager.executor_id,
-            lease_s=manager.settings.run_lease_s, has_capacity=manager.has_capacity(),
-            accepting=manager.accepting, known_providers=manager.settings.provider_names(),
-        )
-        return created.run.id
-
-    async with manager.database.transaction() as db:
-        if session_id is not None:
-            # Locked before the key is looked up: a concurrent repeat of this request waits
-            # here, then finds the key and replays instead of seeing the session busy.
-            locked = await session_service.get_session(db, principal, session_id, lock=True)
-        digest_of = sent if sent is not None else body.model_dump(mode="json",
-                                                                 exclude_unset=True)
-        run_id, replayed = await idempotency.once(db, scope, digest_of, create)
-        run = await db.get(Run, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-    if created is not None:
-        for event in created.ended:
-            manager.writer.publish(event)
-            manager.publish_state(event["run_id"], run.session_id, run.agent, run.owner,
-                                  "cancelled")
-        manager.bus.publish(run_id, created.created_event)
-        manager.publish_state(run_id, run.session_id, run.agent, run.owner, "queued")
-        if created.interrupts:
-            await manager.cancel(created.interrupts, f"interrupted by {run_id}", wait=False)
-        if created.start_now:
-            manager.submit(run_id)
-    return Started(run, replayed)
+    digest = idempotency.request_hash(
+        sent if sent is not None else body.model_dump(mode="json", exclude_unset=True)
+    ) if scope is not None else ""
+    run_id = new_id("run")
+    claim = manager.reserve_slot(run_id)
+    store = manager.store
+    policy = Policy(
+        executor_id=manager.executor_id, lease_expiry=store.lease_expiry(),
+        accepting=manager.accepting, has_capacity=claim or manager.has_capacity(),
+        claim=store.claim_values if claim else None,
+        known_providers=manager.settings.provider_names())
+    write = creation(run_id, principal, body, policy, session_id=session_id,
+                     new_session=new_session, scope=scope, digest=digest)
+    try:
+        try:
+            outcome = await manager.writer.submit(write)
+        except StorageFailed:
+            if scope is None:
+                raise
+            # Another process may have stored the same key meanwhile: replay its run.
+            outcome = await manager.writer.submit(write)
+    except StorageFailed as failure:
+        manager.release_slot(run_id)
+        raise Unavailable(f"the run could not be stored: {failure.detail}",
+                          headers={"Retry-After": "1"}) from None
+    except BaseException:
+        manager.release_slot(run_id)
+        raise
+    run = outcome.run
+    if outcome.started is not None:
+        manager.launch(outcome.started)
+    else:
+        manager.release_slot(run_id)
+    if outcome.replayed:
+        return Started(run, True)
+    assert outcome.created_event is not None
+    for event in outcome.ended:
+        manager.writer.publish(event)
+        manager.publish_state(event["run_id"], run.session_id, run.agent, run.owner,
+                              "cancelled")
+    manager.writer.publish(outcome.created_event)
+    manager.publish_state(run.id, run.session_id, run.agent, run.owner, "queued")
+    if outcome.started is None and outcome.start_now:
+        manager.submit(run.id)
+    if outcome.interrupts:
+        await manager.cancel(outcome.interrupts, f"interrupted by {run.id}", wait=False)
+    return Started(run, False)
 
 
 async def cancel_run(manager: RunManager, run: Run, reason: str, wait: bool) -> tuple[int, Run]:

@@ -86,7 +86,15 @@ def is_queued(run: Any) -> bool:
     return bool(run.status == "queued")
 
 
-def _record(row: Row[Any] | None) -> Any:
+@dataclass(frozen=True)
+class ClaimValues:
+    """The columns a claim sets on a run: running here, with a lease."""
+
+    now: datetime
+    values: dict[str, Any]
+
+
+def record(row: Row[Any] | None) -> Any:
     """A row as an object with a (mutable) attribute per column, or None."""
     return SimpleNamespace(**row._mapping) if row is not None else None
 
@@ -101,11 +109,18 @@ class RunStore:
         self.executor_id = executor_id
         self.lease = timedelta(seconds=lease_s)
 
-    def _lease_expiry(self) -> Any:
+    def lease_expiry(self) -> Any:
         """A lease's end by the database's clock (one process per SQLite file: the host's)."""
         if self.database.is_sqlite:
             return utcnow() + self.lease
         return sa.func.now() + self.lease
+
+    def claim_values(self) -> ClaimValues:
+        """What claiming a run for this process writes on it."""
+        now = utcnow()
+        return ClaimValues(now, {"status": "running", "started_at": now,
+                                 "executor_id": self.executor_id,
+                                 "lease_expires_at": self.lease_expiry()})
 
     def _db_now(self) -> Any:
         return utcnow() if self.database.is_sqlite else sa.func.now()
@@ -156,30 +171,24 @@ class RunStore:
         transaction, unless tool calls wait for results (they must be answered first).
         The session's active history comes back with it.
         """
-        now = utcnow()
-        claim_values = {"status": "running", "started_at": now,
-                        "executor_id": self.executor_id,
-                        "lease_expires_at": self._lease_expiry()}
+        claim_values = self.claim_values()
 
         def claim(connection: Connection) -> StartedRun | None:
             row = connection.execute(
                 sa.update(RUNS).where(RUNS.c.id == run_id, RUNS.c.status == "queued")
-                .values(**claim_values).returning(*RUNS.c)).first()
+                .values(**claim_values.values).returning(*RUNS.c)).first()
             if row is None:
                 return None
-            run = _record(row)
+            run = record(row)
             session = _locked_session(connection, run.session_id)
             if session is None:
                 return None
             messages = run.request.get("input") or []
             input_stored = store_input and bool(messages) and not session.open_tool_calls
             if input_stored:
-                _add_messages(connection, session, run.id, messages, now, None)
-            history = connection.execute(
-                sa.select(MESSAGES).where(MESSAGES.c.session_id == session.id,
-                                          MESSAGES.c.state == "active")
-                .order_by(MESSAGES.c.seq)).all()
-            return StartedRun(run, session, input_stored, [message_view(m) for m in history])
+                add_messages(connection, session, run.id, messages, claim_values.now, None)
+            return StartedRun(run, session, input_stored,
+                              active_history(connection, session.id))
 
         return await self.writer.submit(claim, run_id=run_id)
 
@@ -193,7 +202,7 @@ class RunStore:
             sa.update(RUNS)
             .where(RUNS.c.executor_id == self.executor_id,
                    sa.or_(RUNS.c.id.in_(list(run_ids)), RUNS.c.status == "queued"))
-            .values(lease_expires_at=self._lease_expiry())
+            .values(lease_expires_at=self.lease_expiry())
         )
         await self.writer.submit(lambda connection: connection.execute(statement))
 
@@ -207,7 +216,7 @@ class RunStore:
         def append(connection: Connection) -> list[dict[str, Any]]:
             session = _locked_session(connection, session_id)
             assert session is not None
-            return _add_messages(connection, session, run_id, messages, now, counters)
+            return add_messages(connection, session, run_id, messages, now, counters)
 
         return await self.writer.submit(append, run_id=run_id)
 
@@ -234,7 +243,7 @@ class RunStore:
                                      .where(RUNS.c.id == run_id).with_for_update()).first()
             if row is None:
                 raise StateChanged(run_id)
-            run = _record(row)
+            run = record(row)
             if run.status not in ACTIVE_STATUSES or (expect is not None and not expect(run)):
                 raise StateChanged(run_id)
             event_seq = seq if seq is not None else run.last_seq + 1
@@ -261,6 +270,15 @@ class RunStore:
         return await self.writer.submit(end, run_id=run_id, last=after_failure)
 
 
+def active_history(connection: Connection, session_id: str) -> list[dict[str, Any]]:
+    """The session's active messages, oldest first, in the API's Message shape."""
+    rows = connection.execute(
+        sa.select(MESSAGES).where(MESSAGES.c.session_id == session_id,
+                                  MESSAGES.c.state == "active")
+        .order_by(MESSAGES.c.seq)).all()
+    return [message_view(m) for m in rows]
+
+
 def _column_name(cls: type[SQLModel], attribute: str) -> str:
     return str(sa.inspect(cls).column_attrs[attribute].columns[0].name)
 
@@ -268,7 +286,7 @@ def _column_name(cls: type[SQLModel], attribute: str) -> str:
 def _locked_session(connection: Connection, session_id: str) -> Any:
     row = connection.execute(
         sa.select(SESSIONS).where(SESSIONS.c.id == session_id).with_for_update()).first()
-    return _record(row)
+    return record(row)
 
 
 def _next_queued(connection: Connection, session_id: str, after_run_id: str) -> str | None:
@@ -290,7 +308,7 @@ def _counter_changes(counters: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _add_messages(connection: Connection, session: Any, run_id: str,
+def add_messages(connection: Connection, session: Any, run_id: str,
                   messages: list[dict[str, Any]], now: datetime,
                   counters: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Insert `messages` after the session's last one and update the session with them."""

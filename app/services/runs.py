@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.auth import Principal
-from app.clock import utcnow
-from app.errors import AppError, Conflict, NotFound, SessionBusy, Unavailable, ValidationFailed
-from app.events.types import envelope
-from app.ids import new_id
-from app.schemas.runs import Run as RunSchema
+from app.errors import AppError, Conflict, NotFound, ValidationFailed
 from app.schemas.runs import RunCreate
-from app.services.agents import get_agent
-from app.services.sessions import refresh_status
 from app.store.pagination import newest_first
-from app.store.tables import Run, RunEvent, Session
+from app.store.tables import Run, RunEvent
 
 
 class SessionPending(Conflict):
@@ -45,27 +37,13 @@ def run_view(run: Run) -> dict[str, Any]:
     }
 
 
-@dataclass
-class CreatedRun:
-    """A run just written, and what to do once its transaction committed."""
-
-    run: Run
-    created_event: dict[str, Any]
-    start_now: bool
-    interrupts: str | None
-    """The session's active run, to cancel: the new run waits behind it, so two runs of one
-    session never execute at once."""
-    ended: list[dict[str, Any]]
-    """Terminal events of the session's queued runs that the interrupt cancelled."""
-
-
-def _input_messages(body: RunCreate) -> list[dict[str, Any]]:
+def input_messages(body: RunCreate) -> list[dict[str, Any]]:
     if isinstance(body.input, str):
         return [{"role": "user", "content": body.input}] if body.input else []
     return [m.model_dump(mode="json", exclude_none=True) for m in body.input]
 
 
-def _resolved_config(agent_config: dict[str, Any], body: RunCreate) -> dict[str, Any]:
+def resolved_config(agent_config: dict[str, Any], body: RunCreate) -> dict[str, Any]:
     """The agent's configuration with the run's overrides applied."""
     overrides = body.overrides.model_dump(mode="json", exclude_unset=True)
     config = dict(agent_config)
@@ -85,102 +63,6 @@ def _resolved_config(agent_config: dict[str, Any], body: RunCreate) -> dict[str,
     if "allowed_hosts" in overrides:
         config["allowed_hosts"] = overrides["allowed_hosts"]
     return config
-
-
-async def create_run(
-    db: AsyncSession, session: Session, body: RunCreate, *, executor_id: str, lease_s: float,
-    has_capacity: bool, accepting: bool, known_providers: list[str],
-) -> CreatedRun:
-    """Write the run (`queued`) and its `run.created` event, applying the session policies."""
-    if not accepting:
-        raise Unavailable("the service is shutting down", headers={"Retry-After": "5"})
-    agent = await get_agent_or_conflict(db, session)
-    config = _resolved_config(agent.config, body)
-    provider = config["model"].split(":", 1)[0]
-    if provider not in known_providers:
-        raise ValidationFailed.at(
-            ["body", "overrides", "model"],
-            f"unknown provider {provider!r}; known providers: {', '.join(known_providers)}",
-        )
-    if session.active_run_id is not None:
-        if body.if_busy == "reject":
-            raise SessionBusy(
-                f"session {session.id} has an active run {session.active_run_id}",
-                headers={"Retry-After": "1"}, active_run_id=session.active_run_id,
-            )
-    elif session.open_tool_calls and body.on_pending == "reject":
-        raise SessionPending(
-            f"session {session.id} has tool calls without results",
-            pending_tool_calls=session.open_tool_calls,
-        )
-    if not has_capacity:
-        raise Backpressure("too many runs are running or queued; retry later",
-                           headers={"Retry-After": "1"})
-    now = utcnow()
-    run_id = new_id("run")
-    ended: list[dict[str, Any]] = []
-    interrupts = None
-    if session.active_run_id is not None and body.if_busy == "interrupt":
-        ended = await _cancel_queued(db, session, f"interrupted by {run_id}", now)
-        interrupts = session.active_run_id
-    run = Run(
-        id=run_id, session_id=session.id, owner=session.owner, agent=agent.name,
-        agent_version=agent.version, status="queued", usage={}, meta=body.metadata,
-        request={"input": _input_messages(body), "on_pending": body.on_pending,
-                 "on_disconnect": body.on_disconnect, "if_busy": body.if_busy},
-        config=config, parent_run_id=session.parent_run_id, executor_id=executor_id,
-        lease_expires_at=now + timedelta(seconds=lease_s), last_seq=1, created_at=now,
-    )
-    start_now = session.active_run_id is None
-    if start_now:
-        session.active_run_id = run.id
-        session.updated_at = now
-        refresh_status(session)
-        db.add(session)
-    db.add(run)
-    await db.flush()
-    event = envelope("run.created", 1, run.id, session.id, now,
-                     {"run": _json(run_view(run))})
-    db.add(RunEvent(run_id=run.id, seq=1, type="run.created", data=event["data"], ts=now))
-    await db.flush()
-    return CreatedRun(run, event, start_now, interrupts, ended)
-
-
-async def _cancel_queued(
-    db: AsyncSession, session: Session, reason: str, now: datetime
-) -> list[dict[str, Any]]:
-    """End the session's queued runs as cancelled (the session row is locked).
-
-    An active run that is still queued ends too, and the session is free; a running one is
-    left to its process to cancel.
-    """
-    query = select(Run).where(Run.session_id == session.id, Run.status == "queued")
-    ended = []
-    for queued in (await db.exec(query.with_for_update())).all():
-        queued.last_seq += 1
-        queued.status, queued.ended_at, queued.lease_expires_at = "cancelled", now, None
-        data = {"reason": reason}
-        db.add(RunEvent(run_id=queued.id, seq=queued.last_seq, type="run.cancelled",
-                        data=data, ts=now))
-        db.add(queued)
-        ended.append(envelope("run.cancelled", queued.last_seq, queued.id, session.id, now,
-                              data))
-        if session.active_run_id == queued.id:
-            session.active_run_id = None
-    return ended
-
-
-def _json(view: dict[str, Any]) -> dict[str, Any]:
-    return RunSchema.model_validate(view).model_dump(mode="json")
-
-
-async def get_agent_or_conflict(db: AsyncSession, session: Session) -> Any:
-    try:
-        return await get_agent(db, session.owner, session.agent)
-    except NotFound:
-        raise Conflict(
-            f"the agent {session.agent!r} of session {session.id} was deleted"
-        ) from None
 
 
 async def get_run(db: AsyncSession, principal: Principal, run_id: str) -> Run:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event, make_url
 from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -67,6 +68,21 @@ def create_engine(settings: Settings, *, writer: bool = False) -> AsyncEngine:
         url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
     )
+
+
+class DatabaseUnreachable(Exception):
+    """No connection to the database could be opened, so no write was even tried."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` is a passing fault of the database or the connection to it."""
+    if isinstance(error, DatabaseUnreachable):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return isinstance(error, OSError | TimeoutError | ConnectionError)
 
 
 class SqliteWriter:

@@ -37,7 +37,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from app.events.bus import EventBus
-from app.store.db import Database
+from app.store.db import Database, DatabaseUnreachable, is_transient
 from app.store.tables import Run, RunEvent
 
 logger = logging.getLogger("loomd.writer")
@@ -90,21 +90,6 @@ class WriterStats:
     retries: int = 0
     failed: int = 0
     stopped_runs: set[str] = field(default_factory=set)
-
-
-class DatabaseUnreachable(Exception):
-    """No connection to the database could be opened, so no write was even tried."""
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether `error` is a passing fault of the database or the connection to it."""
-    if isinstance(error, DatabaseUnreachable):
-        return True
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
-    return isinstance(error, OSError | TimeoutError | ConnectionError)
 
 
 class Writer:

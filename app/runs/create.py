@@ -1,0 +1,280 @@
+"""Creating a run as one write of the process's `Writer`, in Core statements.
+
+The write checks the session policies, writes the run (`queued`) with its `run.created`
+event, and, when the manager has a slot for it, claims it in the same transaction: a short
+run's first LLM call then waits for one commit instead of two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from app.auth import Principal
+from app.clock import utcnow
+from app.errors import (
+    Conflict,
+    IdempotencyConflict,
+    NotFound,
+    SessionBusy,
+    Unavailable,
+    ValidationFailed,
+)
+from app.events.types import envelope
+from app.ids import new_id
+from app.rules import session_status
+from app.runs.store import (
+    RUNS,
+    SESSIONS,
+    ClaimValues,
+    StartedRun,
+    active_history,
+    add_messages,
+    record,
+)
+from app.schemas.runs import Run as RunSchema
+from app.schemas.runs import RunCreate
+from app.schemas.sessions import SessionCreate
+from app.services.idempotency import TTL, IdempotencyScope
+from app.services.runs import (
+    Backpressure,
+    SessionPending,
+    input_messages,
+    resolved_config,
+    run_view,
+)
+from app.store.tables import Agent, IdempotencyKey, RunEvent
+
+AGENTS = Agent.__table__  # type: ignore[attr-defined]
+EVENTS = RunEvent.__table__  # type: ignore[attr-defined]
+KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class Creation:
+    """What a run creation wrote (or, `replayed`, found from an earlier request)."""
+
+    run: Any
+    """The run as created, with the ORM's attribute names (`meta`), for `run_view`."""
+    replayed: bool = False
+    created_event: dict[str, Any] | None = None
+    start_now: bool = False
+    interrupts: str | None = None
+    ended: list[dict[str, Any]] = field(default_factory=list)
+    started: StartedRun | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the manager knew when the request came: whether it admits and claims runs."""
+
+    executor_id: str
+    lease_expiry: Any
+    accepting: bool
+    has_capacity: bool
+    claim: Callable[[], ClaimValues] | None
+    """How to claim the run in its creation write, when the manager has a slot for it."""
+    known_providers: list[str]
+
+
+def creation(
+    run_id: str, principal: Principal, body: RunCreate, policy: Policy, *,
+    session_id: str | None,
+    new_session: SessionCreate | None, scope: IdempotencyScope | None, digest: str,
+) -> Callable[[Connection], Creation]:
+    """The write that creates the run; it raises the API's errors before writing anything."""
+    def create(connection: Connection) -> Creation:
+        now = utcnow()
+        session = None
+        if session_id is not None:
+            session = record(connection.execute(
+                sa.select(SESSIONS).where(SESSIONS.c.id == session_id).with_for_update()
+            ).first())
+            if session is None or not principal.can_see(session.owner):
+                raise NotFound(f"session {session_id} not found")
+        if scope is not None:
+            prior = _prior(connection, scope, digest, now)
+            if prior is not None:
+                return Creation(_run_record(connection, prior), replayed=True)
+        if session is None:
+            assert new_session is not None
+            agent = _agent(connection, principal.subject, new_session.agent)
+            if agent is None:
+                raise NotFound(f"agent {new_session.agent!r} not found")
+        else:
+            agent = _agent(connection, session.owner, session.agent)
+            if agent is None:
+                raise Conflict(f"the agent {session.agent!r} of session {session.id} was deleted")
+        config = resolved_config(agent.config, body)
+        _check(policy, config, body, session)
+        if session is None:
+            assert new_session is not None
+            session = _insert_session(connection, principal, new_session, now)
+        outcome = _insert_run(connection, run_id, session, agent, body, config, policy, now)
+        if scope is not None:
+            connection.execute(sa.insert(KEYS).values(
+                subject=scope.subject, method=scope.method, path=scope.path, key=scope.key,
+                request_hash=digest, resource_id=outcome.run.id, created_at=now,
+                expires_at=now + TTL))
+        if outcome.start_now and policy.claim is not None:
+            outcome.started = _claim(connection, outcome.run, session, policy.claim())
+        return outcome
+
+    return create
+
+
+def _check(policy: Policy, config: dict[str, Any], body: RunCreate, session: Any) -> None:
+    if not policy.accepting:
+        raise Unavailable("the service is shutting down", headers={"Retry-After": "5"})
+    provider = config["model"].split(":", 1)[0]
+    if provider not in policy.known_providers:
+        raise ValidationFailed.at(
+            ["body", "overrides", "model"],
+            f"unknown provider {provider!r}; known providers: "
+            f"{', '.join(policy.known_providers)}",
+        )
+    if session is not None and session.active_run_id is not None:
+        if body.if_busy == "reject":
+            raise SessionBusy(
+                f"session {session.id} has an active run {session.active_run_id}",
+                headers={"Retry-After": "1"}, active_run_id=session.active_run_id,
+            )
+    elif session is not None and session.open_tool_calls and body.on_pending == "reject":
+        raise SessionPending(
+            f"session {session.id} has tool calls without results",
+            pending_tool_calls=session.open_tool_calls,
+        )
+    if not policy.has_capacity:
+        raise Backpressure("too many runs are running or queued; retry later",
+                           headers={"Retry-After": "1"})
+
+
+def _prior(connection: Connection, scope: IdempotencyScope, digest: str,
+           now: datetime) -> str | None:
+    """The run an earlier request with this key created; 409 for another body."""
+    where = sa.and_(KEYS.c.subject == scope.subject, KEYS.c.method == scope.method,
+                    KEYS.c.path == scope.path, KEYS.c.key == scope.key)
+    row = connection.execute(sa.select(KEYS).where(where)).first()
+    if row is None:
+        return None
+    if row.expires_at <= now:
+        connection.execute(sa.delete(KEYS).where(where))
+        return None
+    if row.request_hash != digest:
+        raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
+                                  idempotency_key=scope.key)
+    return str(row.resource_id)
+
+
+def _agent(connection: Connection, owner: str, name: str) -> Any:
+    return record(connection.execute(
+        sa.select(AGENTS.c.name, AGENTS.c.version, AGENTS.c.config)
+        .where(AGENTS.c.owner == owner, AGENTS.c.name == name)).first())
+
+
+def _insert_session(connection: Connection, principal: Principal, body: SessionCreate,
+                    now: datetime) -> Any:
+    values: dict[str, Any] = {
+        "id": new_id("ses"), "owner": principal.subject, "agent": body.agent,
+        "title": body.title, "metadata": body.metadata, "status": "idle",
+        "active_run_id": None, "open_tool_calls": [], "parent_session_id": None,
+        "parent_run_id": None, "message_count": 0, "last_seq": 0, "prompt_tokens": 0,
+        "completion_tokens": 0, "total_tokens": 0, "llm_calls": 0, "todos": [],
+        "created_at": now, "updated_at": now,
+    }
+    connection.execute(sa.insert(SESSIONS).values(**values))
+    return SimpleNamespace(**values)
+
+
+def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
+                body: RunCreate, config: dict[str, Any], policy: Policy,
+                now: datetime) -> Creation:
+    ended: list[dict[str, Any]] = []
+    interrupts = None
+    if session.active_run_id is not None and body.if_busy == "interrupt":
+        interrupts = session.active_run_id
+        ended = _cancel_queued(connection, session, f"interrupted by {run_id}", now)
+    values: dict[str, Any] = {
+        "id": run_id, "session_id": session.id, "owner": session.owner, "agent": agent.name,
+        "agent_version": agent.version, "status": "queued", "stop_reason": None,
+        "error": None, "output": None, "turns": 0, "usage": {}, "required_action": None,
+        "parent_run_id": session.parent_run_id, "last_seq": 1, "metadata": body.metadata,
+        "request": {"input": input_messages(body), "on_pending": body.on_pending,
+                    "on_disconnect": body.on_disconnect, "if_busy": body.if_busy},
+        "config": config, "executor_id": policy.executor_id,
+        "lease_expires_at": policy.lease_expiry, "created_at": now, "started_at": None,
+        "ended_at": None,
+    }
+    connection.execute(sa.insert(RUNS).values(**values))
+    run = _as_attributes({**values, "lease_expires_at": None})
+    data = {"run": RunSchema.model_validate(run_view(run)).model_dump(mode="json")}
+    connection.execute(sa.insert(EVENTS).values(run_id=run_id, seq=1, type="run.created",
+                                                data=data, ts=now))
+    start_now = session.active_run_id is None
+    if start_now:
+        session.active_run_id = run_id
+        session.status = session_status(run_id, session.open_tool_calls)
+        connection.execute(sa.update(SESSIONS).where(SESSIONS.c.id == session.id).values(
+            active_run_id=run_id, status=session.status, updated_at=now))
+    event = envelope("run.created", 1, run_id, session.id, now, data)
+    return Creation(run, created_event=event, start_now=start_now, interrupts=interrupts,
+                    ended=ended)
+
+
+def _cancel_queued(connection: Connection, session: Any, reason: str,
+                   now: datetime) -> list[dict[str, Any]]:
+    """End the session's queued runs as cancelled (the session row is locked).
+
+    An active run that is still queued ends too, and the session is free; a running one is
+    left to its process to cancel.
+    """
+    queued = connection.execute(
+        sa.select(RUNS.c.id, RUNS.c.last_seq)
+        .where(RUNS.c.session_id == session.id, RUNS.c.status == "queued")
+        .with_for_update()).all()
+    ended = []
+    data = {"reason": reason}
+    for run_id, last_seq in queued:
+        seq = last_seq + 1
+        connection.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(
+            status="cancelled", last_seq=seq, ended_at=now, lease_expires_at=None))
+        connection.execute(sa.insert(EVENTS).values(run_id=run_id, seq=seq,
+                                                    type="run.cancelled", data=data, ts=now))
+        ended.append(envelope("run.cancelled", seq, run_id, session.id, now, data))
+        if session.active_run_id == run_id:
+            session.active_run_id = None
+    return ended
+
+
+def _claim(connection: Connection, run: Any, session: Any, claim: ClaimValues) -> StartedRun:
+    connection.execute(sa.update(RUNS).where(RUNS.c.id == run.id).values(**claim.values))
+    messages = run.request.get("input") or []
+    input_stored = bool(messages) and not session.open_tool_calls
+    if input_stored:
+        add_messages(connection, session, run.id, messages, claim.now, None)
+    return StartedRun(_run_row(connection, run.id), session, input_stored,
+                      active_history(connection, session.id))
+
+
+def _run_row(connection: Connection, run_id: str) -> Any:
+    return record(connection.execute(sa.select(RUNS).where(RUNS.c.id == run_id)).first())
+
+
+def _run_record(connection: Connection, run_id: str) -> Any:
+    row = _run_row(connection, run_id)
+    if row is None:
+        raise NotFound(f"run {run_id} not found")
+    return _as_attributes(vars(row))
+
+
+def _as_attributes(columns: dict[str, Any]) -> Any:
+    """A run's columns under the ORM's attribute names (`metadata` is `meta`)."""
+    values = dict(columns)
+    values["meta"] = values.pop("metadata")
+    return SimpleNamespace(**values)
