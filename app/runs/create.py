@@ -32,10 +32,7 @@ from app.rules import session_status
 from app.runs.store import (
     RUNS,
     SESSIONS,
-    ClaimValues,
     StartedRun,
-    active_history,
-    add_messages,
     record,
 )
 from app.schemas.runs import Run as RunSchema
@@ -78,8 +75,8 @@ class Policy:
     lease_expiry: Any
     accepting: bool
     has_capacity: bool
-    claim: Callable[[], ClaimValues] | None
-    """How to claim the run in its creation write, when the manager has a slot for it."""
+    claim: Callable[[Connection, str], StartedRun | None] | None
+    """Claims the run in its creation write, when the manager has a slot for it."""
     known_providers: list[str]
 
 
@@ -123,7 +120,7 @@ def creation(
                 request_hash=digest, resource_id=outcome.run.id, created_at=now,
                 expires_at=now + TTL))
         if outcome.start_now and policy.claim is not None:
-            outcome.started = _claim(connection, outcome.run, session, policy.claim())
+            outcome.started = policy.claim(connection, run_id)
         return outcome
 
     return create
@@ -250,16 +247,6 @@ def _cancel_queued(connection: Connection, session: Any, reason: str,
         if session.active_run_id == run_id:
             session.active_run_id = None
     return ended
-
-
-def _claim(connection: Connection, run: Any, session: Any, claim: ClaimValues) -> StartedRun:
-    connection.execute(sa.update(RUNS).where(RUNS.c.id == run.id).values(**claim.values))
-    messages = run.request.get("input") or []
-    input_stored = bool(messages) and not session.open_tool_calls
-    if input_stored:
-        add_messages(connection, session, run.id, messages, claim.now, None)
-    return StartedRun(_run_row(connection, run.id), session, input_stored,
-                      active_history(connection, session.id))
 
 
 def _run_row(connection: Connection, run_id: str) -> Any:

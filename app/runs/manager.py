@@ -361,7 +361,7 @@ class RunManager:
         try:
             ended = await self.store.finish(
                 host.run_id, "failed", "run.failed", {"error": error}, error=error,
-                turns=turns, usage=usage, after_failure=True)
+                turns=turns, usage=usage, tally=host.tally, after_failure=True)
         except StateChanged:
             return
         except StorageFailed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ async def start_run(
     policy = Policy(
         executor_id=manager.executor_id, lease_expiry=store.lease_expiry(),
         accepting=manager.accepting, has_capacity=claim or manager.has_capacity(),
-        claim=store.claim_values if claim else None,
+        claim=functools.partial(store.claim, claim=store.claim_values()) if claim else None,
         known_providers=manager.settings.provider_names())
     write = creation(run_id, principal, body, policy, session_id=session_id,
                      new_session=new_session, scope=scope, digest=digest)

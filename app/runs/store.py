@@ -7,6 +7,7 @@ lock use short read sessions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,14 +23,11 @@ from app.events.types import envelope
 from app.providers.base import Usage
 from app.rules import message_view, open_calls_after, session_status
 from app.status import ACTIVE_STATUSES
+from app.store import statements as q
 from app.store.db import Database
-from app.store.tables import Message, Run, RunEvent, Session
+from app.store.statements import RUNS, SESSIONS
+from app.store.tables import Message, Run, Session
 from app.store.writer import Writer
-
-RUNS = Run.__table__  # type: ignore[attr-defined]
-SESSIONS = Session.__table__  # type: ignore[attr-defined]
-MESSAGES = Message.__table__  # type: ignore[attr-defined]
-EVENTS = RunEvent.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -88,10 +86,10 @@ def is_queued(run: Any) -> bool:
 
 @dataclass(frozen=True)
 class ClaimValues:
-    """The columns a claim sets on a run: running here, with a lease."""
+    """The parameters of a claim: running here since `now`, with a lease."""
 
     now: datetime
-    values: dict[str, Any]
+    params: dict[str, Any]
 
 
 def record(row: Row[Any] | None) -> Any:
@@ -108,6 +106,15 @@ class RunStore:
         self.writer = writer
         self.executor_id = executor_id
         self.lease = timedelta(seconds=lease_s)
+        lease_end = (sa.bindparam("v_lease_expires_at", type_=RUNS.c.lease_expires_at.type)
+                     if database.is_sqlite
+                     else sa.func.now() + sa.bindparam("lease", type_=sa.Interval))
+        self._claim = (
+            sa.update(RUNS).where(RUNS.c.id == q.ID, RUNS.c.status == "queued")
+            .values(status="running", lease_expires_at=lease_end,
+                    **q.set_values(RUNS, frozenset({"started_at", "executor_id"})))
+            .returning(*RUNS.c))
+        """Claims a queued run for this process, with a lease by the database's clock."""
 
     def lease_expiry(self) -> Any:
         """A lease's end by the database's clock (one process per SQLite file: the host's)."""
@@ -116,11 +123,12 @@ class RunStore:
         return sa.func.now() + self.lease
 
     def claim_values(self) -> ClaimValues:
-        """What claiming a run for this process writes on it."""
+        """What claiming a run for this process writes on it (`self._claim`'s parameters)."""
         now = utcnow()
-        return ClaimValues(now, {"status": "running", "started_at": now,
-                                 "executor_id": self.executor_id,
-                                 "lease_expires_at": self.lease_expiry()})
+        lease = ({"v_lease_expires_at": now + self.lease} if self.database.is_sqlite
+                 else {"lease": self.lease})
+        return ClaimValues(now, {"v_started_at": now, "v_executor_id": self.executor_id,
+                                 **lease})
 
     def _db_now(self) -> Any:
         return utcnow() if self.database.is_sqlite else sa.func.now()
@@ -171,26 +179,25 @@ class RunStore:
         transaction, unless tool calls wait for results (they must be answered first).
         The session's active history comes back with it.
         """
-        claim_values = self.claim_values()
+        claim = self.claim_values()
+        return await self.writer.submit(
+            lambda connection: self.claim(connection, run_id, claim, store_input),
+            run_id=run_id)
 
-        def claim(connection: Connection) -> StartedRun | None:
-            row = connection.execute(
-                sa.update(RUNS).where(RUNS.c.id == run_id, RUNS.c.status == "queued")
-                .values(**claim_values.values).returning(*RUNS.c)).first()
-            if row is None:
-                return None
-            run = record(row)
-            session = _locked_session(connection, run.session_id)
-            if session is None:
-                return None
-            messages = run.request.get("input") or []
-            input_stored = store_input and bool(messages) and not session.open_tool_calls
-            if input_stored:
-                add_messages(connection, session, run.id, messages, claim_values.now, None)
-            return StartedRun(run, session, input_stored,
-                              active_history(connection, session.id))
-
-        return await self.writer.submit(claim, run_id=run_id)
+    def claim(self, connection: Connection, run_id: str, claim: ClaimValues,
+              store_input: bool = True) -> StartedRun | None:
+        """Claim the run in `connection`'s transaction (see `start`)."""
+        run = record(connection.execute(self._claim, {"_id": run_id, **claim.params}).first())
+        if run is None:
+            return None
+        session = locked_session(connection, run.session_id)
+        if session is None:
+            return None
+        messages = run.request.get("input") or []
+        input_stored = store_input and bool(messages) and not session.open_tool_calls
+        if input_stored:
+            add_messages(connection, session, run.id, messages, claim.now, None)
+        return StartedRun(run, session, input_stored, active_history(connection, session.id))
 
     async def renew_leases(self, run_ids: Sequence[str]) -> None:
         """Extend the leases of `run_ids` (executing here) and of every run queued here.
@@ -214,7 +221,7 @@ class RunStore:
         now = utcnow()
 
         def append(connection: Connection) -> list[dict[str, Any]]:
-            session = _locked_session(connection, session_id)
+            session = locked_session(connection, session_id)
             assert session is not None
             return add_messages(connection, session, run_id, messages, now, counters)
 
@@ -248,23 +255,23 @@ class RunStore:
                 raise StateChanged(run_id)
             event_seq = seq if seq is not None else run.last_seq + 1
             event = envelope(type_, event_seq, run_id, run.session_id, now, data)
-            connection.execute(sa.insert(EVENTS).values(
-                run_id=run_id, seq=event_seq, type=type_, data=data, ts=now))
+            connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": event_seq,
+                                                "type": type_, "data": data, "ts": now})
             values = {"last_seq": event_seq, "status": status, "ended_at": now,
                       "lease_expires_at": None, "required_action": None}
             values.update({_column_name(Run, key): value for key, value in fields.items()})
-            connection.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(**values))
-            session = _locked_session(connection, run.session_id)
+            update_by_id(connection, RUNS, run_id, values)
+            session = locked_session(connection, run.session_id)
             next_run_id = None
             if session is not None:
-                changes: dict[str, Any] = _counter_changes(counters) if counters else {}
+                changes: dict[str, Any] = {}
                 if session.active_run_id == run_id:
-                    next_run_id = _next_queued(connection, session.id, run_id)
+                    next_run_id = connection.execute(
+                        q.NEXT_QUEUED, {"_id": session.id, "after": run_id}).scalar()
                     changes.update(active_run_id=next_run_id, updated_at=now,
                                    status=session_status(next_run_id, session.open_tool_calls))
-                if changes:
-                    connection.execute(sa.update(SESSIONS)
-                                       .where(SESSIONS.c.id == session.id).values(**changes))
+                if changes or counters:
+                    update_by_id(connection, SESSIONS, session.id, changes, counters)
             return Ended(run, event, next_run_id)
 
         return await self.writer.submit(end, run_id=run_id, last=after_failure)
@@ -272,40 +279,27 @@ class RunStore:
 
 def active_history(connection: Connection, session_id: str) -> list[dict[str, Any]]:
     """The session's active messages, oldest first, in the API's Message shape."""
-    rows = connection.execute(
-        sa.select(MESSAGES).where(MESSAGES.c.session_id == session_id,
-                                  MESSAGES.c.state == "active")
-        .order_by(MESSAGES.c.seq)).all()
-    return [message_view(m) for m in rows]
+    return [message_view(m) for m in connection.execute(q.ACTIVE_HISTORY, {"_id": session_id})]
 
 
+@functools.cache
 def _column_name(cls: type[SQLModel], attribute: str) -> str:
     return str(sa.inspect(cls).column_attrs[attribute].columns[0].name)
 
 
-def _locked_session(connection: Connection, session_id: str) -> Any:
-    row = connection.execute(
-        sa.select(SESSIONS).where(SESSIONS.c.id == session_id).with_for_update()).first()
-    return record(row)
+def locked_session(connection: Connection, session_id: str) -> Any:
+    """The session's row, locked for the rest of the transaction (on Postgres)."""
+    return record(connection.execute(q.SESSION_FOR_UPDATE, {"_id": session_id}).first())
 
 
-def _next_queued(connection: Connection, session_id: str, after_run_id: str) -> str | None:
-    query = (sa.select(RUNS.c.id)
-             .where(RUNS.c.session_id == session_id, RUNS.c.status == "queued",
-                    RUNS.c.id != after_run_id)
-             .order_by(RUNS.c.created_at, RUNS.c.id).limit(1))
-    return connection.execute(query).scalar()
-
-
-def _counter_changes(counters: dict[str, Any]) -> dict[str, Any]:
-    calls = counters["llm_calls"]
-    return {
-        "llm_calls": sa.case((SESSIONS.c.llm_calls < calls, calls),
-                             else_=SESSIONS.c.llm_calls),
-        "prompt_tokens": SESSIONS.c.prompt_tokens + counters["prompt_tokens"],
-        "completion_tokens": SESSIONS.c.completion_tokens + counters["completion_tokens"],
-        "total_tokens": SESSIONS.c.total_tokens + counters["total_tokens"],
-    }
+def update_by_id(connection: Connection, table: sa.Table, row_id: str, values: dict[str, Any],
+                 counters: dict[str, Any] | None = None) -> None:
+    """Set `values` on one row (and add a run's `counters` to a session's)."""
+    statement = q.update_by_id(table, frozenset(values), counters is not None)
+    params = {"_id": row_id, **q.values_of(values)}
+    if counters is not None:
+        params.update(q.counter_values(counters))
+    connection.execute(statement, params)
 
 
 def add_messages(connection: Connection, session: Any, run_id: str,
@@ -318,14 +312,13 @@ def add_messages(connection: Connection, session: Any, run_id: str,
         "tool_call_id": message.get("tool_call_id"), "name": message.get("name"),
         "run_id": run_id, "state": "active", "created_at": now,
     } for index, message in enumerate(messages, start=1)]
-    connection.execute(sa.insert(MESSAGES), rows)
+    connection.execute(q.INSERT_MESSAGES, rows)
     open_calls = open_calls_after(session.open_tool_calls, messages)
-    changes: dict[str, Any] = _counter_changes(counters) if counters else {}
-    changes.update(
-        last_seq=session.last_seq + len(rows), message_count=session.message_count + len(rows),
-        updated_at=now, open_tool_calls=open_calls,
-        status=session_status(session.active_run_id, open_calls))
-    connection.execute(sa.update(SESSIONS).where(SESSIONS.c.id == session.id).values(**changes))
+    update_by_id(connection, SESSIONS, session.id, {
+        "last_seq": session.last_seq + len(rows),
+        "message_count": session.message_count + len(rows), "updated_at": now,
+        "open_tool_calls": open_calls,
+        "status": session_status(session.active_run_id, open_calls)}, counters)
     session.last_seq += len(rows)
     session.open_tool_calls = open_calls
     return [{key: value for key, value in row.items() if key != "session_id"} for row in rows]

@@ -104,6 +104,8 @@ class Writer:
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(max_queued)
         self._task: asyncio.Task[None] | None = None
         self._stopped: dict[str, StorageFailed] = {}
+        self._failing_since: float | None = None
+        """When the writes began to fail on a passing fault (monotonic), while they do."""
         self.stats = WriterStats()
         self.persisted = 0
         self.fault: Callable[[], None] | None = None
@@ -189,7 +191,6 @@ class Writer:
         writes = [w for w in batch if not self._refused(w)]
         if not writes:
             return
-        deadline: float | None = None
         attempt = 0
         while True:
             try:
@@ -199,7 +200,11 @@ class Writer:
                     await self._split(writes, exc)
                     return
                 now = time.monotonic()
-                deadline = deadline if deadline is not None else now + self.deadline_s
+                # The deadline runs from the start of the outage, not of this batch: writes
+                # queued behind a failed batch then fail in turn instead of one deadline each.
+                if self._failing_since is None:
+                    self._failing_since = now
+                deadline = self._failing_since + self.deadline_s
                 attempt += 1
                 self.stats.retries += 1
                 if now >= deadline:
@@ -211,6 +216,7 @@ class Writer:
                                extra={"attempt": attempt, "error": _short(exc)})
                 await asyncio.sleep(min(0.05 * 2 ** min(attempt, 5), 1.0) * (0.5 + random.random()))
                 continue
+            self._failing_since = None
             for write, outcome in zip(writes, outcomes, strict=True):
                 if isinstance(outcome, _Raised):
                     write.error = outcome.error
