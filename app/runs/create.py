@@ -29,12 +29,7 @@ from app.errors import (
 from app.events.types import envelope
 from app.ids import new_id
 from app.rules import session_status
-from app.runs.store import (
-    RUNS,
-    SESSIONS,
-    StartedRun,
-    record,
-)
+from app.runs.store import StartedRun, locked_session, record, update_by_id
 from app.schemas.runs import Run as RunSchema
 from app.schemas.runs import RunCreate
 from app.schemas.sessions import SessionCreate
@@ -46,11 +41,17 @@ from app.services.runs import (
     resolved_config,
     run_view,
 )
-from app.store.tables import Agent, IdempotencyKey, RunEvent
+from app.store import statements as q
+from app.store.statements import KEYS, RUNS, SESSIONS
+from app.store.tables import Agent
 
-AGENTS = Agent.__table__  # type: ignore[attr-defined]
-EVENTS = RunEvent.__table__  # type: ignore[attr-defined]
-KEYS = IdempotencyKey.__table__  # type: ignore[attr-defined]
+AGENTS: sa.Table = Agent.__table__  # type: ignore[attr-defined]
+_AGENT = (sa.select(AGENTS.c.name, AGENTS.c.version, AGENTS.c.config)
+          .where(AGENTS.c.owner == sa.bindparam("owner"), AGENTS.c.name == sa.bindparam("name")))
+_KEY_MATCH = sa.and_(*(KEYS.c[name] == sa.bindparam(name)
+                       for name in ("subject", "method", "path", "key")))
+_KEY = sa.select(KEYS).where(_KEY_MATCH)
+_DELETE_KEY = sa.delete(KEYS).where(_KEY_MATCH)
 
 
 @dataclass
@@ -72,7 +73,9 @@ class Policy:
     """What the manager knew when the request came: whether it admits and claims runs."""
 
     executor_id: str
-    lease_expiry: Any
+    insert_run: Any
+    lease: dict[str, Any]
+    """`insert_run`'s parameters that give the run its lease (by the database's clock)."""
     accepting: bool
     has_capacity: bool
     claim: Callable[[Connection, str], StartedRun | None] | None
@@ -90,9 +93,7 @@ def creation(
         now = utcnow()
         session = None
         if session_id is not None:
-            session = record(connection.execute(
-                sa.select(SESSIONS).where(SESSIONS.c.id == session_id).with_for_update()
-            ).first())
+            session = locked_session(connection, session_id)
             if session is None or not principal.can_see(session.owner):
                 raise NotFound(f"session {session_id} not found")
         if scope is not None:
@@ -115,10 +116,10 @@ def creation(
             session = _insert_session(connection, principal, new_session, now)
         outcome = _insert_run(connection, run_id, session, agent, body, config, policy, now)
         if scope is not None:
-            connection.execute(sa.insert(KEYS).values(
-                subject=scope.subject, method=scope.method, path=scope.path, key=scope.key,
-                request_hash=digest, resource_id=outcome.run.id, created_at=now,
-                expires_at=now + TTL))
+            connection.execute(q.INSERT_KEY, {
+                "subject": scope.subject, "method": scope.method, "path": scope.path,
+                "key": scope.key, "request_hash": digest, "resource_id": outcome.run.id,
+                "created_at": now, "expires_at": now + TTL})
         if outcome.start_now and policy.claim is not None:
             outcome.started = policy.claim(connection, run_id)
         return outcome
@@ -155,13 +156,13 @@ def _check(policy: Policy, config: dict[str, Any], body: RunCreate, session: Any
 def _prior(connection: Connection, scope: IdempotencyScope, digest: str,
            now: datetime) -> str | None:
     """The run an earlier request with this key created; 409 for another body."""
-    where = sa.and_(KEYS.c.subject == scope.subject, KEYS.c.method == scope.method,
-                    KEYS.c.path == scope.path, KEYS.c.key == scope.key)
-    row = connection.execute(sa.select(KEYS).where(where)).first()
+    key = {"subject": scope.subject, "method": scope.method, "path": scope.path,
+           "key": scope.key}
+    row = connection.execute(_KEY, key).first()
     if row is None:
         return None
     if row.expires_at <= now:
-        connection.execute(sa.delete(KEYS).where(where))
+        connection.execute(_DELETE_KEY, key)
         return None
     if row.request_hash != digest:
         raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
@@ -170,9 +171,7 @@ def _prior(connection: Connection, scope: IdempotencyScope, digest: str,
 
 
 def _agent(connection: Connection, owner: str, name: str) -> Any:
-    return record(connection.execute(
-        sa.select(AGENTS.c.name, AGENTS.c.version, AGENTS.c.config)
-        .where(AGENTS.c.owner == owner, AGENTS.c.name == name)).first())
+    return record(connection.execute(_AGENT, {"owner": owner, "name": name}).first())
 
 
 def _insert_session(connection: Connection, principal: Principal, body: SessionCreate,
@@ -185,7 +184,7 @@ def _insert_session(connection: Connection, principal: Principal, body: SessionC
         "completion_tokens": 0, "total_tokens": 0, "llm_calls": 0, "todos": [],
         "created_at": now, "updated_at": now,
     }
-    connection.execute(sa.insert(SESSIONS).values(**values))
+    connection.execute(q.INSERT_SESSION, values)
     return SimpleNamespace(**values)
 
 
@@ -204,21 +203,20 @@ def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
         "parent_run_id": session.parent_run_id, "last_seq": 1, "metadata": body.metadata,
         "request": {"input": input_messages(body), "on_pending": body.on_pending,
                     "on_disconnect": body.on_disconnect, "if_busy": body.if_busy},
-        "config": config, "executor_id": policy.executor_id,
-        "lease_expires_at": policy.lease_expiry, "created_at": now, "started_at": None,
-        "ended_at": None,
+        "config": config, "executor_id": policy.executor_id, "created_at": now,
+        "started_at": None, "ended_at": None,
     }
-    connection.execute(sa.insert(RUNS).values(**values))
+    connection.execute(policy.insert_run, {**values, **policy.lease})
     run = _as_attributes({**values, "lease_expires_at": None})
     data = {"run": RunSchema.model_validate(run_view(run)).model_dump(mode="json")}
-    connection.execute(sa.insert(EVENTS).values(run_id=run_id, seq=1, type="run.created",
-                                                data=data, ts=now))
+    connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": 1, "type": "run.created",
+                                        "data": data, "ts": now})
     start_now = session.active_run_id is None
     if start_now:
         session.active_run_id = run_id
         session.status = session_status(run_id, session.open_tool_calls)
-        connection.execute(sa.update(SESSIONS).where(SESSIONS.c.id == session.id).values(
-            active_run_id=run_id, status=session.status, updated_at=now))
+        update_by_id(connection, SESSIONS, session.id, {
+            "active_run_id": run_id, "status": session.status, "updated_at": now})
     event = envelope("run.created", 1, run_id, session.id, now, data)
     return Creation(run, created_event=event, start_now=start_now, interrupts=interrupts,
                     ended=ended)
@@ -239,10 +237,10 @@ def _cancel_queued(connection: Connection, session: Any, reason: str,
     data = {"reason": reason}
     for run_id, last_seq in queued:
         seq = last_seq + 1
-        connection.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(
-            status="cancelled", last_seq=seq, ended_at=now, lease_expires_at=None))
-        connection.execute(sa.insert(EVENTS).values(run_id=run_id, seq=seq,
-                                                    type="run.cancelled", data=data, ts=now))
+        update_by_id(connection, RUNS, run_id, {
+            "status": "cancelled", "last_seq": seq, "ended_at": now, "lease_expires_at": None})
+        connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": seq,
+                                            "type": "run.cancelled", "data": data, "ts": now})
         ended.append(envelope("run.cancelled", seq, run_id, session.id, now, data))
         if session.active_run_id == run_id:
             session.active_run_id = None
@@ -250,7 +248,7 @@ def _cancel_queued(connection: Connection, session: Any, reason: str,
 
 
 def _run_row(connection: Connection, run_id: str) -> Any:
-    return record(connection.execute(sa.select(RUNS).where(RUNS.c.id == run_id)).first())
+    return record(connection.execute(q.RUN_BY_ID, {"_id": run_id}).first())
 
 
 def _run_record(connection: Connection, run_id: str) -> Any:

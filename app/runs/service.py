@@ -47,7 +47,8 @@ async def start_run(
     claim = manager.reserve_slot(run_id)
     store = manager.store
     policy = Policy(
-        executor_id=manager.executor_id, lease_expiry=store.lease_expiry(),
+        executor_id=manager.executor_id, insert_run=store.insert_run,
+        lease=store.lease_params(),
         accepting=manager.accepting, has_capacity=claim or manager.has_capacity(),
         claim=functools.partial(store.claim, claim=store.claim_values()) if claim else None,
         known_providers=manager.settings.provider_names())

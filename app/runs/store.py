@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel, col, select
 
 from app.clock import utcnow
@@ -92,7 +92,7 @@ class ClaimValues:
     params: dict[str, Any]
 
 
-def record(row: Row[Any] | None) -> Any:
+def record(row: Any) -> Any:
     """A row as an object with a (mutable) attribute per column, or None."""
     return SimpleNamespace(**row._mapping) if row is not None else None
 
@@ -115,6 +115,15 @@ class RunStore:
                     **q.set_values(RUNS, frozenset({"started_at", "executor_id"})))
             .returning(*RUNS.c))
         """Claims a queued run for this process, with a lease by the database's clock."""
+        self.insert_run = (q.INSERT_RUN if database.is_sqlite else q.INSERT_RUN.values(
+            lease_expires_at=sa.func.now() + sa.bindparam("lease", type_=sa.Interval)))
+        """Inserts a run (`lease_params()` give its lease)."""
+
+    def lease_params(self) -> dict[str, Any]:
+        """The parameters of `insert_run` that give a new run its lease."""
+        if self.database.is_sqlite:
+            return {"lease_expires_at": utcnow() + self.lease}
+        return {"lease": self.lease}
 
     def lease_expiry(self) -> Any:
         """A lease's end by the database's clock (one process per SQLite file: the host's)."""
