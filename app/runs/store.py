@@ -115,6 +115,12 @@ class RunStore:
                     **q.set_values(RUNS, frozenset({"started_at", "executor_id"})))
             .returning(*RUNS.c))
         """Claims a queued run for this process, with a lease by the database's clock."""
+        now = (sa.bindparam("now", type_=RUNS.c.lease_expires_at.type) if database.is_sqlite
+               else sa.func.now())
+        self._run_to_end = (
+            sa.select(RUNS, (RUNS.c.lease_expires_at < now).label("lease_expired"))
+            .where(RUNS.c.id == q.ID).with_for_update())
+        """The run's row, locked, and whether its lease expired by the database's clock."""
         self.insert_run = (q.INSERT_RUN if database.is_sqlite else q.INSERT_RUN.values(
             lease_expires_at=sa.func.now() + sa.bindparam("lease", type_=sa.Interval)))
         """Inserts a run (`lease_params()` give its lease)."""
@@ -138,6 +144,10 @@ class RunStore:
                  else {"lease": self.lease})
         return ClaimValues(now, {"v_started_at": now, "v_executor_id": self.executor_id,
                                  **lease})
+
+    def _now(self) -> dict[str, Any]:
+        """The `now` parameter of statements that read the clock (the host's on SQLite)."""
+        return {"now": utcnow()} if self.database.is_sqlite else {}
 
     def _db_now(self) -> Any:
         return utcnow() if self.database.is_sqlite else sa.func.now()
@@ -250,13 +260,11 @@ class RunStore:
         is false. Only an end `after_failure` is taken once a write of the run failed, so a
         run with a lost write never ends as if nothing happened.
         """
-        lease_expired = (RUNS.c.lease_expires_at < self._db_now()).label("lease_expired")
         counters = tally.take() if tally is not None else None
         now = utcnow()
 
         def end(connection: Connection) -> Ended:
-            row = connection.execute(sa.select(RUNS, lease_expired)
-                                     .where(RUNS.c.id == run_id).with_for_update()).first()
+            row = connection.execute(self._run_to_end, {"_id": run_id, **self._now()}).first()
             if row is None:
                 raise StateChanged(run_id)
             run = record(row)
