@@ -91,13 +91,14 @@ async def _start(
     started = await run_service.start_run(
         manager, principal, body, path=request.url.path, session_id=session_id,
         new_session=new_session, idempotency_key=idempotency_key,
-        sent=sent.model_dump(mode="json", exclude_unset=True))
+        sent=sent.model_dump(mode="json", exclude_unset=True), follow=body.stream)
     run, replayed = started.run, started.replayed
     headers = {"Location": f"/v1/runs/{run.id}", "Content-Location": f"/v1/runs/{run.id}"}
     if replayed:
         headers["Idempotency-Replayed"] = "true"
     if body.stream:
-        events = follow_run(manager.database, manager.bus, run.id, run.session_id, 0)
+        events = follow_run(manager.database, manager.bus, run.id, run.session_id, 0,
+                            fresh=started.fresh)
         if body.on_disconnect == "cancel" and not replayed:
             events = _cancel_on_disconnect(events, manager, run.id)
         return EventSourceResponse(sse_frames(events), ping=15, headers=headers)

@@ -5,14 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from sse_starlette import ServerSentEvent
 
-from app.events.bus import EventBus
+from app.events.bus import EventBus, Subscription
 from app.events.types import envelope, is_terminal
 from app.services.runs import list_events
 from app.store.db import Database, is_transient
+
+
+@dataclass
+class Fresh:
+    """A run followed from its creation: its first events, and a subscription taken before
+    the run was handed to the manager."""
+
+    events: list[dict[str, Any]]
+    subscription: Subscription
+
 
 REPLAY_PAGE = 500
 REPLAY_ATTEMPTS = 12
@@ -21,7 +32,8 @@ RETRY_MS = 2000
 
 
 async def follow_run(
-    database: Database, bus: EventBus, run_id: str, session_id: str, after: int
+    database: Database, bus: EventBus, run_id: str, session_id: str, after: int,
+    *, fresh: Fresh | None = None,
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """Every event with seq > `after`, in order and in batches, until the terminal one.
 
@@ -29,12 +41,17 @@ async def follow_run(
     meanwhile), so a fast run's events reach the client in few writes. Subscribes before
     reading the store, so nothing published meanwhile is missed; an event seen both ways is
     sent once. Ends early when the subscriber fell too far behind (the client then
-    reconnects with `Last-Event-ID`).
+    reconnects with `Last-Event-ID`). A run followed from its creation (`fresh`) needs no
+    replay: its subscription was taken before the run could emit anything but its first
+    events.
     """
-    subscription = bus.subscribe(run_id)
+    subscription = fresh.subscription if fresh is not None else bus.subscribe(run_id)
     try:
         last = after
-        while True:
+        if fresh is not None:
+            yield fresh.events
+            last = fresh.events[-1]["seq"]
+        while fresh is None:
             rows = await _replay_page(database, run_id, last)
             page = [envelope(row.type, row.seq, run_id, session_id, row.ts, row.data)
                     for row in rows]
@@ -50,8 +67,8 @@ async def follow_run(
             first = await subscription.get()
             queued = [first, *subscription.drain()]
             cut_off = None in queued
-            fresh = [e for e in queued if e is not None and e["seq"] > last]
-            batch, ended = _until_terminal(fresh)
+            new = [e for e in queued if e is not None and e["seq"] > last]
+            batch, ended = _until_terminal(new)
             if batch:
                 yield batch
                 last = batch[-1]["seq"]

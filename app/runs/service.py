@@ -8,6 +8,7 @@ from typing import Any
 
 from app.auth import Principal
 from app.errors import NotFound, Unavailable
+from app.events.sse import Fresh
 from app.ids import new_id
 from app.runs.create import Policy, creation
 from app.runs.manager import RunManager
@@ -24,12 +25,15 @@ class Started:
     run: Any
     """The run as created (the ORM's attribute names), or as an earlier request made it."""
     replayed: bool
+    fresh: Fresh | None = None
+    """With `follow`: the run's first events and a subscription to the rest."""
 
 
 async def start_run(
     manager: RunManager, principal: Principal, body: RunCreate, *, path: str,
     session_id: str | None = None, new_session: SessionCreate | None = None,
     idempotency_key: str | None = None, sent: dict[str, Any] | None = None,
+    follow: bool = False,
 ) -> Started:
     """Create the run (or find the one an earlier request with the same key created).
 
@@ -70,24 +74,28 @@ async def start_run(
         manager.release_slot(run_id)
         raise
     run = outcome.run
-    if outcome.started is not None:
-        manager.launch(outcome.started)
-    else:
-        manager.release_slot(run_id)
     if outcome.replayed:
+        manager.release_slot(run_id)
         return Started(run, True)
     assert outcome.created_event is not None
+    # Subscribed before the run can emit more, so a stream needs no replay from the store.
+    fresh = (Fresh([outcome.created_event], manager.bus.subscribe(run.id)) if follow
+             else None)
     for event in outcome.ended:
         manager.writer.publish(event)
         manager.publish_state(event["run_id"], run.session_id, run.agent, run.owner,
                               "cancelled")
     manager.writer.publish(outcome.created_event)
     manager.publish_state(run.id, run.session_id, run.agent, run.owner, "queued")
-    if outcome.started is None and outcome.start_now:
-        manager.submit(run.id)
+    if outcome.started is not None:
+        manager.launch(outcome.started)
+    else:
+        manager.release_slot(run_id)
+        if outcome.start_now:
+            manager.submit(run.id)
     if outcome.interrupts:
         await manager.cancel(outcome.interrupts, f"interrupted by {run.id}", wait=False)
-    return Started(run, False)
+    return Started(run, False, fresh)
 
 
 async def cancel_run(manager: RunManager, run: Run, reason: str, wait: bool) -> tuple[int, Run]:
