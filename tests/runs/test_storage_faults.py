@@ -523,3 +523,28 @@ class TestPostgresOutage:
         told = text_of(events)
         assert STORY.startswith(told) and told != STORY
         assert seen == events
+
+
+class TestCreationDuringAnOutage:
+    async def test_a_run_that_cannot_be_stored_is_refused_with_503_and_not_kept(
+        self, database_url: str
+    ):
+        outage = Outage()
+        async with running_app(database_url, storage_deadline_s=0.3) as app, \
+                admin_api(app) as api:
+            manager_of(app).writer.fault = outage
+            session_id = await storyteller(api, "short", "Fine.")
+            outage.start()
+            response = await api.post_run(session_id, "hi")
+            outage.stop()
+
+            problem = response.json()
+            session = await api.get_session(session_id)
+            runs = (await api.client.get(f"/v1/sessions/{session_id}/runs")).json()["items"]
+            await assert_usable(api, session_id)
+
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert problem["code"] == "unavailable" and response.headers["retry-after"]
+        assert runs == []
+        assert (session["status"], session["active_run_id"]) == ("idle", None)
