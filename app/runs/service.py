@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +53,8 @@ async def start_run(
         executor_id=manager.executor_id, insert_run=store.insert_run,
         lease=store.lease_params(),
         accepting=manager.accepting, has_capacity=claim or manager.has_capacity(),
-        claim=functools.partial(store.claim, claim=store.claim_values()) if claim else None,
+        claim=(lambda connection, run_id: store.claim(connection, run_id, store.claim_values()))
+        if claim else None,
         known_providers=manager.settings.provider_names())
     write = creation(run_id, principal, body, policy, session_id=session_id,
                      new_session=new_session, scope=scope, digest=digest)

@@ -9,7 +9,8 @@ Only then are the batch's events published and its callers woken.
 What is acknowledged is never lost:
 - the queue is bounded, so a slow database slows the runs instead of growing memory;
 - a batch that fails on a passing fault (a lost connection, a locked database) is retried
-  with backoff until `deadline_s` has passed; then its writes fail with `StorageUnavailable`;
+  with backoff until `deadline_s` after the outage began; then its writes fail with
+  `StorageUnavailable`, and so do later ones at their first failure while it lasts;
 - a batch that fails on its data (a row the database refuses) is split, each write committed
   alone, so one bad row fails only the run it belongs to;
 - a run with a failed write is *stopped*: its later writes are refused (`StorageFailed`) until
@@ -38,18 +39,16 @@ from sqlalchemy.engine import Connection
 
 from app.events.bus import EventBus
 from app.store.db import Database, DatabaseUnreachable, is_transient
-from app.store.tables import Run, RunEvent
+from app.store.statements import INSERT_EVENT, RUNS
 
 logger = logging.getLogger("loomd.writer")
 
 T = TypeVar("T")
 Work = Callable[[Connection], Any]
 
-_EVENTS = RunEvent.__table__  # type: ignore[attr-defined]
-_RUNS = Run.__table__  # type: ignore[attr-defined]
 _ADVANCE_LAST_SEQ = (
-    sa.update(_RUNS)
-    .where(_RUNS.c.id == sa.bindparam("run"), _RUNS.c.last_seq < sa.bindparam("seq"))
+    sa.update(RUNS)
+    .where(RUNS.c.id == sa.bindparam("run"), RUNS.c.last_seq < sa.bindparam("seq"))
     .values(last_seq=sa.bindparam("seq"))
 )
 
@@ -323,7 +322,7 @@ def _apply(connection: Connection, writes: list[_Write]) -> list[Any]:
             last_seq[event["run_id"]] = event["seq"]
         outcomes.append(None)
     if rows:
-        connection.execute(sa.insert(_EVENTS), rows)
+        connection.execute(INSERT_EVENT, rows)
         connection.execute(_ADVANCE_LAST_SEQ,
                            [{"run": run_id, "seq": seq} for run_id, seq in last_seq.items()])
     return outcomes
