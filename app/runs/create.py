@@ -75,7 +75,7 @@ class Policy:
     executor_id: str
     insert_run: Any
     lease: dict[str, Any]
-    """`insert_run`'s parameters that give the run its lease (by the database's clock)."""
+    """The parameters of `insert_run` that give the run its lease."""
     accepting: bool
     has_capacity: bool
     claim: Callable[[Connection, str], StartedRun | None] | None

@@ -51,7 +51,7 @@ async def start_run(
     store = manager.store
     policy = Policy(
         executor_id=manager.executor_id, insert_run=store.insert_run,
-        lease=store.lease_params(),
+        lease=store.lease(),
         accepting=manager.accepting, has_capacity=claim or manager.has_capacity(),
         claim=(lambda connection, run_id: store.claim(connection, run_id, store.claim_values()))
         if claim else None,

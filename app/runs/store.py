@@ -105,52 +105,42 @@ class RunStore:
         self.database = database
         self.writer = writer
         self.executor_id = executor_id
-        self.lease = timedelta(seconds=lease_s)
-        lease_end = (sa.bindparam("v_lease_expires_at", type_=RUNS.c.lease_expires_at.type)
-                     if database.is_sqlite
-                     else sa.func.now() + sa.bindparam("lease", type_=sa.Interval))
+        self.lease_time = timedelta(seconds=lease_s)
+        # Lease times by the database's clock; SQLite (one process per file) takes the host's,
+        # handed in as parameters, since it stores timestamps as text it cannot add to.
+        sqlite = database.is_sqlite
+        timestamp = RUNS.c.lease_expires_at.type
+        self._now = sa.bindparam("now", type_=timestamp) if sqlite else sa.func.now()
+        self._lease_end = (sa.bindparam("lease_end", type_=timestamp) if sqlite
+                           else sa.func.now() + sa.bindparam("lease", type_=sa.Interval))
         self._claim = (
             sa.update(RUNS).where(RUNS.c.id == q.ID, RUNS.c.status == "queued")
-            .values(status="running", lease_expires_at=lease_end,
+            .values(status="running", lease_expires_at=self._lease_end,
                     **q.set_values(RUNS, frozenset({"started_at", "executor_id"})))
             .returning(*RUNS.c))
-        """Claims a queued run for this process, with a lease by the database's clock."""
-        now = (sa.bindparam("now", type_=RUNS.c.lease_expires_at.type) if database.is_sqlite
-               else sa.func.now())
+        """Claims a queued run for this process."""
         self._run_to_end = (
-            sa.select(RUNS, (RUNS.c.lease_expires_at < now).label("lease_expired"))
+            sa.select(RUNS, (RUNS.c.lease_expires_at < self._now).label("lease_expired"))
             .where(RUNS.c.id == q.ID).with_for_update())
-        """The run's row, locked, and whether its lease expired by the database's clock."""
-        self.insert_run = (q.INSERT_RUN if database.is_sqlite else q.INSERT_RUN.values(
-            lease_expires_at=sa.func.now() + sa.bindparam("lease", type_=sa.Interval)))
-        """Inserts a run (`lease_params()` give its lease)."""
+        """The run's row, locked, and whether its lease expired."""
+        self.insert_run = q.INSERT_RUN.values(lease_expires_at=self._lease_end)
+        """Inserts a run with its lease (`lease()` gives the lease's parameters)."""
 
-    def lease_params(self) -> dict[str, Any]:
-        """The parameters of `insert_run` that give a new run its lease."""
+    def lease(self) -> dict[str, Any]:
+        """The parameters of a lease that starts now, in the statements above."""
         if self.database.is_sqlite:
-            return {"lease_expires_at": utcnow() + self.lease}
-        return {"lease": self.lease}
+            return {"lease_end": utcnow() + self.lease_time}
+        return {"lease": self.lease_time}
 
-    def lease_expiry(self) -> Any:
-        """A lease's end by the database's clock (one process per SQLite file: the host's)."""
-        if self.database.is_sqlite:
-            return utcnow() + self.lease
-        return sa.func.now() + self.lease
-
-    def claim_values(self) -> ClaimValues:
-        """What claiming a run for this process writes on it (`self._claim`'s parameters)."""
-        now = utcnow()
-        lease = ({"v_lease_expires_at": now + self.lease} if self.database.is_sqlite
-                 else {"lease": self.lease})
-        return ClaimValues(now, {"v_started_at": now, "v_executor_id": self.executor_id,
-                                 **lease})
-
-    def _now(self) -> dict[str, Any]:
-        """The `now` parameter of statements that read the clock (the host's on SQLite)."""
+    def _clock(self) -> dict[str, Any]:
+        """The parameter of `now` in the statements above."""
         return {"now": utcnow()} if self.database.is_sqlite else {}
 
-    def _db_now(self) -> Any:
-        return utcnow() if self.database.is_sqlite else sa.func.now()
+    def claim_values(self) -> ClaimValues:
+        """The parameters of a claim of a run for this process, now."""
+        now = utcnow()
+        return ClaimValues(now, {"v_started_at": now, "v_executor_id": self.executor_id,
+                                 **self.lease()})
 
     # reads
 
@@ -182,11 +172,11 @@ class RunStore:
         """
         query = sa.select(RUNS.c.id).where(RUNS.c.status.in_(ACTIVE_STATUSES))
         if not everything:
-            expired = RUNS.c.lease_expires_at < self._db_now()
+            expired = RUNS.c.lease_expires_at < self._now
             query = query.where(sa.or_(expired, RUNS.c.executor_id == self.executor_id)
                                 if mine else expired)
         async with self.database.read() as db:
-            result = await (await db.connection()).execute(query)
+            result = await (await db.connection()).execute(query, self._clock())
             return list(result.scalars())
 
     # writes
@@ -228,9 +218,10 @@ class RunStore:
             sa.update(RUNS)
             .where(RUNS.c.executor_id == self.executor_id,
                    sa.or_(RUNS.c.id.in_(list(run_ids)), RUNS.c.status == "queued"))
-            .values(lease_expires_at=self.lease_expiry())
+            .values(lease_expires_at=self._lease_end)
         )
-        await self.writer.submit(lambda connection: connection.execute(statement))
+        lease = self.lease()
+        await self.writer.submit(lambda connection: connection.execute(statement, lease))
 
     async def append_messages(
         self, session_id: str, run_id: str, messages: list[dict[str, Any]], tally: Tally,
@@ -264,7 +255,7 @@ class RunStore:
         now = utcnow()
 
         def end(connection: Connection) -> Ended:
-            row = connection.execute(self._run_to_end, {"_id": run_id, **self._now()}).first()
+            row = connection.execute(self._run_to_end, {"_id": run_id, **self._clock()}).first()
             if row is None:
                 raise StateChanged(run_id)
             run = record(row)
