@@ -78,8 +78,9 @@ class Policy:
     """The parameters of `insert_run` that give the run its lease."""
     accepting: bool
     has_capacity: bool
-    claim: Callable[[Connection, str], StartedRun | None] | None
-    """Claims the run in its creation write, when the manager has a slot for it."""
+    claim: Callable[..., StartedRun | None] | None
+    """Claims the run in its creation write, when the manager has a slot for it
+    (`RunStore.claim` without its claim values)."""
     known_providers: list[str]
 
 
@@ -111,6 +112,7 @@ def creation(
                 raise Conflict(f"the agent {session.agent!r} of session {session.id} was deleted")
         config = resolved_config(agent.config, body)
         _check(policy, config, body, session)
+        fresh = session is None
         if session is None:
             assert new_session is not None
             session = _insert_session(connection, principal, new_session, now)
@@ -120,8 +122,13 @@ def creation(
                 "subject": scope.subject, "method": scope.method, "path": scope.path,
                 "key": scope.key, "request_hash": digest, "resource_id": outcome.run.id,
                 "created_at": now, "expires_at": now + TTL})
+        changes = ({"active_run_id": run_id, "status": session.status, "updated_at": now}
+                   if outcome.start_now else {})
         if outcome.start_now and policy.claim is not None:
-            outcome.started = policy.claim(connection, run_id)
+            outcome.started = policy.claim(connection, run_id, session=session,
+                                           changes=changes, fresh=fresh)
+        elif changes:
+            update_by_id(connection, SESSIONS, session.id, changes)
         return outcome
 
     return create
@@ -212,11 +219,9 @@ def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
     connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": 1, "type": "run.created",
                                         "data": data, "ts": now})
     start_now = session.active_run_id is None
-    if start_now:
+    if start_now:  # written by the caller, with the claim's session update when there is one
         session.active_run_id = run_id
         session.status = session_status(run_id, session.open_tool_calls)
-        update_by_id(connection, SESSIONS, session.id, {
-            "active_run_id": run_id, "status": session.status, "updated_at": now})
     event = envelope("run.created", 1, run_id, session.id, now, data)
     return Creation(run, created_event=event, start_now=start_now, interrupts=interrupts,
                     ended=ended)

@@ -53,8 +53,8 @@ async def start_run(
         executor_id=manager.executor_id, insert_run=store.insert_run,
         lease=store.lease(),
         accepting=manager.accepting, has_capacity=claim or manager.has_capacity(),
-        claim=(lambda connection, run_id: store.claim(connection, run_id, store.claim_values()))
-        if claim else None,
+        claim=(lambda connection, run_id, **handed: store.claim(
+            connection, run_id, store.claim_values(), **handed)) if claim else None,
         known_providers=manager.settings.provider_names())
     write = creation(run_id, principal, body, policy, session_id=session_id,
                      new_session=new_session, scope=scope, digest=digest)

@@ -194,19 +194,30 @@ class RunStore:
             run_id=run_id)
 
     def claim(self, connection: Connection, run_id: str, claim: ClaimValues,
-              store_input: bool = True) -> StartedRun | None:
-        """Claim the run in `connection`'s transaction (see `start`)."""
+              store_input: bool = True, *, session: Any = None,
+              changes: dict[str, Any] | None = None, fresh: bool = False) -> StartedRun | None:
+        """Claim the run in `connection`'s transaction (see `start`).
+
+        The run's creation write hands over the session row it holds, the session changes it
+        has not written yet (they go with the input's), and whether the session is new (its
+        history is then just the input).
+        """
         run = record(connection.execute(self._claim, {"_id": run_id, **claim.params}).first())
         if run is None:
             return None
-        session = locked_session(connection, run.session_id)
+        session = session if session is not None else locked_session(connection, run.session_id)
         if session is None:
             return None
         messages = run.request.get("input") or []
         input_stored = store_input and bool(messages) and not session.open_tool_calls
+        stored: list[dict[str, Any]] = []
         if input_stored:
-            add_messages(connection, session, run.id, messages, claim.now, None)
-        return StartedRun(run, session, input_stored, active_history(connection, session.id))
+            stored = add_messages(connection, session, run.id, messages, claim.now, None,
+                                  also=changes)
+        elif changes:
+            update_by_id(connection, SESSIONS, session.id, changes)
+        history = stored if fresh else active_history(connection, session.id)
+        return StartedRun(run, session, input_stored, history)
 
     async def renew_leases(self, run_ids: Sequence[str]) -> None:
         """Extend the leases of `run_ids` (executing here) and of every run queued here.
@@ -311,9 +322,11 @@ def update_by_id(connection: Connection, table: sa.Table, row_id: str, values: d
 
 
 def add_messages(connection: Connection, session: Any, run_id: str,
-                  messages: list[dict[str, Any]], now: datetime,
-                  counters: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Insert `messages` after the session's last one and update the session with them."""
+                 messages: list[dict[str, Any]], now: datetime,
+                 counters: dict[str, Any] | None,
+                 also: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Insert `messages` after the session's last one and update the session with them
+    (and with the changes `also` holds)."""
     rows = [{
         "session_id": session.id, "seq": session.last_seq + index, "role": message["role"],
         "content": message.get("content"), "tool_calls": message.get("tool_calls"),
@@ -323,7 +336,7 @@ def add_messages(connection: Connection, session: Any, run_id: str,
     connection.execute(q.INSERT_MESSAGES, rows)
     open_calls = open_calls_after(session.open_tool_calls, messages)
     update_by_id(connection, SESSIONS, session.id, {
-        "last_seq": session.last_seq + len(rows),
+        **(also or {}), "last_seq": session.last_seq + len(rows),
         "message_count": session.message_count + len(rows), "updated_at": now,
         "open_tool_calls": open_calls,
         "status": session_status(session.active_run_id, open_calls)}, counters)
