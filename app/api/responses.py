@@ -11,6 +11,8 @@ _DESCRIPTIONS = {
     401: "Missing or invalid bearer token (`unauthorized`)",
     403: "Valid token, but not allowed (`forbidden`)",
     404: "Unknown id, or owned by another principal (`not_found`)",
+    408: "The request body did not arrive within `LOOMD_BODY_READ_TIMEOUT_S` "
+         "(`request_timeout`)",
     409: "State conflict",
     413: "Request body over the size cap (`body_too_large`)",
     422: "Invalid payload (`validation_error`, with `errors`)",
@@ -33,4 +35,4 @@ def errors(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any
 
 AUTH = (401,)
 READ = (400, 401, 404, 422)
-WRITE = (400, 401, 404, 413, 422)
+WRITE = (400, 401, 404, 408, 413, 422)
