@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from app.tools.runner import ToolRunner
 logger = logging.getLogger("loomd.runs")
 
 INTERRUPTED = {"reason": "the process executing the run stopped"}
+ABANDONED_RETRY_S = 1.0
+"""How often the end of a run that could not be stored is tried again."""
 
 
 class _Stop(Exception):
@@ -79,6 +82,7 @@ class RunManager:
         """Runs being claimed in their creation write: they hold a slot already."""
         self._abandoned: dict[str, dict[str, Any]] = {}
         """Runs whose task ended without storing their end: the error each is to end with."""
+        self._abandoned_more = asyncio.Event()
         self._lease_task: asyncio.Task[None] | None = None
 
     # admission
@@ -271,14 +275,32 @@ class RunManager:
             await self.writer.stop()
 
     async def _renew_leases(self) -> None:
+        """Renew leases every third of the lease, then recover; while runs wait for their end
+        to be stored (the database was down), try those again every second."""
+        loop = asyncio.get_running_loop()
+        period = self.settings.run_lease_s / 3
+        renewed = loop.time()
         while True:
-            await asyncio.sleep(self.settings.run_lease_s / 3)
+            wait = period - (loop.time() - renewed)
+            if self._abandoned:
+                wait = min(wait, ABANDONED_RETRY_S)
+            self._abandoned_more.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._abandoned_more.wait(), max(wait, 0.0))
+                continue  # a run was just abandoned: try it within a second
             try:
-                await self.store.renew_leases([*self._tasks, *self._waiting])
+                if loop.time() - renewed >= period * 0.9:  # timers may fire a little early
+                    await self.store.renew_leases([*self._tasks, *self._waiting])
+                    renewed = loop.time()
                 if self.accepting:
                     await self.recover()
             except Exception:
                 logger.exception("lease renewal or recovery failed")
+
+    def _abandon(self, run_id: str, error: dict[str, Any]) -> None:
+        """Leave a run whose end could not be stored to be ended as soon as it can be."""
+        self._abandoned[run_id] = error
+        self._abandoned_more.set()
 
     # execution
 
@@ -288,8 +310,7 @@ class RunManager:
                 started = await self.store.start(run_id, store_input=run_id not in self._stops)
         except StorageFailed as failure:
             # Left queued, the run would hold its session for good: end it now or later.
-            self._abandoned[run_id] = _failure(failure)
-            await self.recover()
+            self._abandon(run_id, _failure(failure))
             return
         if started is None:
             return
@@ -365,7 +386,7 @@ class RunManager:
         except StateChanged:
             return
         except StorageFailed:
-            self._abandoned[host.run_id] = error  # left to recovery
+            self._abandon(host.run_id, error)
             return
         self._ended(ended, "failed", host)
 

@@ -382,7 +382,8 @@ class TestClaimFailure:
             if claiming & {write.run_id for write in writes}:
                 outage()
 
-        async with running_app(database_url, storage_deadline_s=0.5, run_lease_s=1.5,
+        # A long lease: the end is retried every second, not only with the lease renewal.
+        async with running_app(database_url, storage_deadline_s=0.5, run_lease_s=30,
                                max_concurrent_runs=1) as app, admin_api(app) as api:
             writer = manager_of(app).writer
             around_transactions(monkeypatch, writer, before)
@@ -400,7 +401,7 @@ class TestClaimFailure:
             assert (await api.get_run(created["id"]))["status"] == "queued"
             outage.stop()
 
-            run = await api.wait(created["id"])
+            run = await api.wait(created["id"], timeout_s=5)
             events = await api.events(created["id"])
             messages = await api.messages(session_id)
             await assert_usable(api, session_id)
