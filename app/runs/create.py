@@ -118,6 +118,9 @@ def creation(
             session = _insert_session(connection, principal, new_session, now)
         outcome = _insert_run(connection, run_id, session, agent, body, config, policy, now)
         if scope is not None:
+            # An expired key of the same name goes only now: nothing is written before the
+            # checks above have passed, so a refused request leaves the batch untouched.
+            connection.execute(_DELETE_KEY, _key_of(scope))
             connection.execute(q.INSERT_KEY, {
                 "subject": scope.subject, "method": scope.method, "path": scope.path,
                 "key": scope.key, "request_hash": digest, "resource_id": outcome.run.id,
@@ -162,19 +165,20 @@ def _check(policy: Policy, config: dict[str, Any], body: RunCreate, session: Any
 
 def _prior(connection: Connection, scope: IdempotencyScope, digest: str,
            now: datetime) -> str | None:
-    """The run an earlier request with this key created; 409 for another body."""
-    key = {"subject": scope.subject, "method": scope.method, "path": scope.path,
-           "key": scope.key}
-    row = connection.execute(_KEY, key).first()
-    if row is None:
-        return None
-    if row.expires_at <= now:
-        connection.execute(_DELETE_KEY, key)
+    """The run an earlier request with this key created (None once the key expired); 409
+    for another body."""
+    row = connection.execute(_KEY, _key_of(scope)).first()
+    if row is None or row.expires_at <= now:
         return None
     if row.request_hash != digest:
         raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
                                   idempotency_key=scope.key)
     return str(row.resource_id)
+
+
+def _key_of(scope: IdempotencyScope) -> dict[str, str]:
+    return {"subject": scope.subject, "method": scope.method, "path": scope.path,
+            "key": scope.key}
 
 
 def _agent(connection: Connection, owner: str, name: str) -> Any:
