@@ -176,15 +176,24 @@ class Writer:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._commit(batch)
-            except BaseException as exc:  # never leave a caller waiting
-                for write in batch:
-                    if write.error is None and write.outcome is None:
-                        write.error = exc
+            except asyncio.CancelledError as exc:
+                self._fail_unsettled(batch, exc)
                 raise
+            except Exception as exc:  # a bug: fail (and stop) these runs, write the next ones
+                logger.exception("the run writer failed a batch")
+                self._fail([w for w in batch if w.error is None and w.outcome is None],
+                           StorageFailed(f"the write failed: {_short(exc)}"))
             finally:
                 self._settle(batch)
                 for _ in batch:
                     self._queue.task_done()
+
+    @staticmethod
+    def _fail_unsettled(batch: list[_Write], error: BaseException) -> None:
+        """Never leave a caller waiting: every write without an outcome gets `error`."""
+        for write in batch:
+            if write.error is None and write.outcome is None:
+                write.error = error
 
     async def _commit(self, batch: list[_Write]) -> None:
         writes = [w for w in batch if not self._refused(w)]
