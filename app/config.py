@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     tool_timeout_s: float = Field(default=60, gt=0)
     storage_deadline_s: float = Field(default=30, gt=0)
     writer_queue_size: int = Field(default=10_000, ge=10)
+    action_timeout_s: float = Field(default=600, gt=0)
+    max_subrun_depth: int = Field(default=3, ge=0, le=16)
 
     @field_validator("admin_token")
     @classmethod

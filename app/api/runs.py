@@ -30,12 +30,14 @@ from app.runs import service as run_service
 from app.runs.manager import RunManager
 from app.schemas.events import Event, EventPage
 from app.schemas.runs import (
+    Approvals,
     OneShotRunCreate,
     Run,
     RunCancel,
     RunCancelled,
     RunCreate,
     RunPage,
+    ToolOutputs,
 )
 from app.schemas.sessions import SessionCreate
 from app.services import runs as service
@@ -321,3 +323,37 @@ async def cancel_run(
     cancelled, current = await run_service.cancel_run(
         manager, run, body.reason or "cancelled by the client", body.wait)
     return RunCancelled(cancelled=cancelled, run=_view(current))
+
+
+@router.post(
+    "/v1/runs/{run_id}/tool-outputs", name="submit_tool_outputs",
+    summary="Submit the outputs of client tools",
+    responses=errors(*WRITE, 409, 503,
+                     s409="`run_finished` (the run has ended), `run_not_waiting` (it does not "
+                          "wait for tool outputs)",
+                     s422="`tool_call_mismatch` (an id the run does not wait for, one given "
+                          "twice, or one missing), or `validation_error`"),
+)
+async def submit_tool_outputs(
+    run_id: RunId, body: ToolOutputs, principal: CurrentPrincipal, manager: ManagerDep,
+) -> Run:
+    """Answer a run in `requires_action` (`submit_tool_outputs`); it goes on at once."""
+    return _view(await run_service.submit_tool_outputs(manager, principal, run_id, body))
+
+
+@router.post(
+    "/v1/runs/{run_id}/approvals", name="decide_approvals",
+    summary="Approve or deny tool calls",
+    responses=errors(*WRITE, 409, 503,
+                     s409="`run_finished` (the run has ended), `run_not_waiting` (it does not "
+                          "wait for approvals)",
+                     s422="`tool_call_mismatch` (an id the run does not wait for, one given "
+                          "twice, or one decided already), or `validation_error` (replaced "
+                          "`arguments` that do not fit the tool)"),
+)
+async def decide_approvals(
+    run_id: RunId, body: Approvals, principal: CurrentPrincipal, manager: ManagerDep,
+) -> Run:
+    """Decide on calls of a run in `requires_action` (`approve_tool_calls`); the run goes on
+    once every call is decided. Each decision is recorded with who decided it, and when."""
+    return _view(await run_service.decide_approvals(manager, principal, run_id, body))

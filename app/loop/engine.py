@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.loop.config import LoopConfig
+from app.loop.hooks import ToolDenial
 from app.loop.ports import LoopPorts
-from app.loop.steps import AwaitInput, Continue, Failed, Final, Step, Stop
-from app.loop.tool_calls import run_tool_calls, tool_message
+from app.loop.steps import Approval, AwaitInput, Continue, Failed, Final, Step, Stop
+from app.loop.tool_calls import complete_call, deny_call, run_tool_calls
 from app.providers.base import (
     Completion,
     LLMRequest,
@@ -51,13 +52,17 @@ class Outcome:
     output: str | None = None
     error: dict[str, str] | None = None
     usage: dict[str, int] = field(default_factory=dict)
+    awaiting: AwaitInput | None = None
+    """For `requires_action`: what the run waits for."""
 
     @classmethod
-    def of(cls, step: Final | Failed, turns: int, usage: dict[str, int]) -> Outcome:
+    def of(cls, step: Stop, turns: int, usage: dict[str, int]) -> Outcome:
         """The outcome of a run whose last step was `step`."""
         if isinstance(step, Final):
             return cls("completed", turns, stop_reason=step.stop_reason, output=step.output,
                        usage=usage)
+        if isinstance(step, AwaitInput):
+            return cls("requires_action", turns, usage=usage, awaiting=step)
         return cls("failed", turns, error={"code": step.code, "detail": step.detail},
                    usage=usage)
 
@@ -110,25 +115,50 @@ class AgentLoop:
         return await self._drive(should_stop)
 
     async def resume(
-        self, awaited: AwaitInput, results: Mapping[str, ToolResult], *,
+        self, awaited: AwaitInput, results: Mapping[str, ToolResult] | None = None,
+        approvals: Mapping[str, Approval] | None = None, *,
         history: list[dict[str, Any]] | None = None,
         should_stop: Callable[[], bool] = _never,
     ) -> Stop:
-        """Close the turn `awaited` with `results` (by tool call id) and drive on.
+        """Close the turn `awaited` and drive on: with `results` (by tool call id) for
+        `submit_tool_outputs`, with `approvals` for `approve_tool_calls` (approved calls run
+        then, denied ones get an error result; the turn may then wait for client outputs).
 
         `history` is needed by a loop other than the one that returned `awaited` (after a
         restart: the stored messages, the awaited calls' assistant message included).
-        Raises `ValueError`, storing nothing, when a result is missing.
+        Raises `ValueError`, storing nothing, when an answer is missing.
         """
-        missing = [call.id for call in awaited.tool_calls if call.id not in results]
+        answers: Mapping[str, object] = (results if awaited.kind == "submit_tool_outputs"
+                                         else approvals) or {}
+        missing = [call.id for call in awaited.tool_calls if call.id not in answers]
         if missing:
-            raise ValueError(f"no result for tool calls {', '.join(missing)}")
+            raise ValueError(f"no answer for tool calls {', '.join(missing)}")
         if history is not None:
             self.history = [to_openai(m) for m in history]
         self.turns = max(self.turns, awaited.turn)
-        for call in awaited.tool_calls:
-            await self._store_result(awaited.turn, call, results[call.id])
-        await self.ports.sink.emit("turn.completed", {"turn": awaited.turn})
+        turn = awaited.turn
+        if awaited.kind == "submit_tool_outputs":
+            assert results is not None
+            for call in awaited.tool_calls:
+                message = await complete_call(self.ports, turn, call, results[call.id])
+                self.history.append(to_openai(message))
+        else:
+            assert approvals is not None
+            approved: list[ToolCallOut] = []
+            for call in awaited.tool_calls:
+                decision = approvals[call.id]
+                if decision.approve:
+                    approved.append(replace(call, arguments=decision.arguments)
+                                    if decision.arguments is not None else call)
+                    continue
+                denial = ToolDenial(decision.reason or "not approved", by="approval")
+                self.history.append(to_openai(await deny_call(self.ports, turn, call, denial)))
+            waiting = await self._run_calls(turn, approved, decide=False,
+                                            deferred=awaited.deferred)
+            if waiting is not None:
+                return waiting
+        if turn > 0:
+            await self.ports.sink.emit("turn.completed", {"turn": turn})
         return await self._drive(should_stop)
 
     async def _drive(self, should_stop: Callable[[], bool]) -> Stop:
@@ -155,28 +185,34 @@ class AgentLoop:
         if completion.text is not None:
             self.output = completion.text
         if completion.tool_calls:
-            messages = await run_tool_calls(
-                self.ports, turn, completion.tool_calls,
-                max_parallel=self.config.run.max_parallel,
-                timeout_s=self.config.tool_timeout_s)
-            self.history.extend(to_openai(m) for m in messages)
+            waiting = await self._run_calls(turn, completion.tool_calls)
+            if waiting is not None:
+                return waiting
         await self.ports.sink.emit("turn.completed", {"turn": turn})
         if stop_reason is None:
             return Continue(turn)
         return Final(stop_reason, self.output)
 
-    async def run_tool_calls(self, turn: int, calls: list[ToolCallOut]) -> None:
-        """Run tool calls outside a step (turn 0: calls left open by an earlier run)."""
-        await run_tool_calls(self.ports, turn, calls, max_parallel=self.config.run.max_parallel,
-                             timeout_s=self.config.tool_timeout_s)
+    async def run_tool_calls(self, turn: int, calls: list[ToolCallOut]) -> AwaitInput | None:
+        """Run tool calls outside a step (turn 0: calls left open by an earlier run); what
+        the turn then waits for, if anything."""
+        return await self._run_calls(turn, calls)
 
-    async def _store_result(self, turn: int, call: ToolCallOut, result: ToolResult) -> None:
-        message = tool_message(call.id, call.name, result)
-        await self.ports.history.append_messages([message])
-        self.history.append(to_openai(message))
-        await self.ports.sink.emit("tool.completed", {
-            "turn": turn, "tool_call_id": call.id, "name": call.name, "output": result.output,
-            "is_error": result.is_error, "duration_ms": 0})
+    async def _run_calls(
+        self, turn: int, calls: Sequence[ToolCallOut], *, decide: bool = True,
+        deferred: tuple[ToolCallOut, ...] = (),
+    ) -> AwaitInput | None:
+        """Run a turn's calls; the `AwaitInput` of the calls left open, if any."""
+        outcome = await run_tool_calls(self.ports, turn, calls,
+                                       max_parallel=self.config.run.max_parallel,
+                                       timeout_s=self.config.tool_timeout_s, decide=decide)
+        self.history.extend(to_openai(m) for m in outcome.messages)
+        client = (*deferred, *outcome.client)
+        if outcome.asks:
+            return AwaitInput("approve_tool_calls", tuple(outcome.asks), turn, deferred=client)
+        if client:
+            return AwaitInput("submit_tool_outputs", client, turn)
+        return None
 
     async def _answer(self, turn: int) -> tuple[Completion, str | None]:
         """One turn's answer, with up to two "continue" nudges after a `length` finish.

@@ -22,6 +22,17 @@ class ToolDenial:
     by: Literal["policy", "hook", "approval", "rate_limit"] = "hook"
 
 
+@dataclass(frozen=True)
+class NeedsApproval:
+    """`before_tool_call`'s answer for a call a person must approve first: the turn then
+    waits (`AwaitInput` of kind `approve_tool_calls`)."""
+
+    reason: str | None = None
+
+
+ToolDecision = ToolCallOut | ToolDenial | NeedsApproval
+
+
 class LifecycleHooks:
     """No-op hooks: the loop's default."""
 
@@ -32,9 +43,9 @@ class LifecycleHooks:
                          result: Completion | ProviderError, seconds: float) -> None:
         """After each attempt that answered or failed with a provider error."""
 
-    async def before_tool_call(self, turn: int, call: ToolCallOut) -> ToolCallOut | ToolDenial:
+    async def before_tool_call(self, turn: int, call: ToolCallOut) -> ToolDecision:
         """Decide on a call before it runs: return it (possibly with other arguments, same
-        id) to run it, or a `ToolDenial`."""
+        id) to run it, a `ToolDenial`, or `NeedsApproval`."""
         return call
 
     async def on_tool_start(self, turn: int, call: ToolCallOut) -> None:

@@ -22,6 +22,14 @@ class Tools(Protocol):
 
     def definitions(self) -> list[ToolDef]: ...
 
+    def is_client_tool(self, name: str) -> bool:
+        """Whether the API client, not the server, runs `name`."""
+        ...
+
+    def check_arguments(self, name: str, arguments_json: str) -> ToolResult | None:
+        """The error result for arguments `name` does not take; None when they are fine."""
+        ...
+
     async def run(
         self, name: str, arguments_json: str, context: ToolContext, timeout_s: float = 60
     ) -> ToolResult: ...

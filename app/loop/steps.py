@@ -40,6 +40,19 @@ class AwaitInput:
     kind: Literal["submit_tool_outputs", "approve_tool_calls"]
     tool_calls: tuple[ToolCallOut, ...]
     turn: int
+    deferred: tuple[ToolCallOut, ...] = ()
+    """While approvals are awaited: the turn's client-tool calls, asked for once the
+    approvals are decided."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A person's decision on a call that waited for approval."""
+
+    approve: bool
+    reason: str | None = None
+    arguments: str | None = None
+    """Arguments (JSON text) replacing the model's, for an approved call."""
 
 
 @dataclass(frozen=True)

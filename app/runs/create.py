@@ -211,6 +211,8 @@ def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
         "id": run_id, "session_id": session.id, "owner": session.owner, "agent": agent.name,
         "agent_version": agent.version, "status": "queued", "stop_reason": None,
         "error": None, "output": None, "turns": 0, "usage": {}, "required_action": None,
+        "waiting": None, "action_expires_at": None, "decisions": [], "pending_input": [],
+        "active_ms": 0, "depth": 0,
         "parent_run_id": session.parent_run_id, "last_seq": 1, "metadata": body.metadata,
         "request": {"input": input_messages(body), "on_pending": body.on_pending,
                     "on_disconnect": body.on_disconnect, "if_busy": body.if_busy},
@@ -218,7 +220,7 @@ def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
         "started_at": None, "ended_at": None,
     }
     connection.execute(policy.insert_run, {**values, **policy.lease})
-    run = _as_attributes({**values, "lease_expires_at": None})
+    run = as_run({**values, "lease_expires_at": None})
     data = {"run": RunSchema.model_validate(run_view(run)).model_dump(mode="json")}
     connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": 1, "type": "run.created",
                                         "data": data, "ts": now})
@@ -264,10 +266,10 @@ def _run_record(connection: Connection, run_id: str) -> Any:
     row = _run_row(connection, run_id)
     if row is None:
         raise NotFound(f"run {run_id} not found")
-    return _as_attributes(vars(row))
+    return as_run(vars(row))
 
 
-def _as_attributes(columns: dict[str, Any]) -> Any:
+def as_run(columns: dict[str, Any]) -> Any:
     """A run's columns under the ORM's attribute names (`metadata` is `meta`)."""
     values = dict(columns)
     values["meta"] = values.pop("metadata")

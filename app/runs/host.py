@@ -10,13 +10,14 @@ from app.clock import utcnow
 from app.events.types import TERMINAL_EVENTS, envelope
 from app.loop.config import RunConfig
 from app.loop.engine import AgentLoop
-from app.loop.hooks import LifecycleHooks
+from app.loop.hooks import LifecycleHooks, ToolDecision
 from app.loop.ports import LoopPorts, Tools
 from app.metrics import Metrics
 from app.providers.base import Completion, LLMRequest, ProviderError, ToolCallOut, Usage
 from app.runs.store import RunStore, Tally
 from app.store.writer import Writer
 from app.tools.base import ToolContext, ToolResult
+from app.tools.policy import ToolGate
 
 T = TypeVar("T")
 
@@ -58,6 +59,9 @@ class RunHost(LifecycleHooks):
         self.started = time.monotonic()
         self.provider_name = ""
         self.agent = ""
+        self.gate: ToolGate | None = None
+        self.active_ms_before = 0
+        """Running time of the run before this stretch (it may have waited for people)."""
         self.answered: set[str] = set()
         """Ids of the tool calls whose result message was handed to the store (a write a
         cancellation interrupted may still land), so the run's end leaves them alone."""
@@ -112,6 +116,9 @@ class RunHost(LifecycleHooks):
         if self.metrics is not None:
             outcome = "error" if isinstance(result, ProviderError) else "ok"
             self.metrics.llm_seconds.labels(self.provider_name, outcome).observe(seconds)
+
+    async def before_tool_call(self, turn: int, call: ToolCallOut) -> ToolDecision:
+        return call if self.gate is None else self.gate.decide(call)
 
     async def on_tool_end(self, turn: int, call: ToolCallOut, result: ToolResult,
                           seconds: float) -> None:

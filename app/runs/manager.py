@@ -19,12 +19,14 @@ from app.loop.steps import AwaitInput, Failed
 from app.metrics import Metrics
 from app.providers.base import ProviderError, ToolCallOut
 from app.providers.registry import ProviderRegistry
+from app.runs import resume, waits
 from app.runs.host import RunEvents, RunHost
 from app.runs.store import Ended, RunStore, StartedRun, StateChanged, is_queued
 from app.store.db import Database
 from app.store.tables import Run
 from app.store.writer import StorageFailed, Writer
 from app.tools.base import ToolResult
+from app.tools.policy import RateLimiter, ToolGate
 from app.tools.runner import ToolRunner
 
 logger = logging.getLogger("loomd.runs")
@@ -32,6 +34,8 @@ logger = logging.getLogger("loomd.runs")
 INTERRUPTED = {"reason": "the process executing the run stopped"}
 ABANDONED_RETRY_S = 1.0
 """How often the end of a run that could not be stored is tried again."""
+WAIT_CHECK_S = 1.0
+"""How often waits are checked for expiry."""
 
 
 class _Stop(Exception):
@@ -84,6 +88,8 @@ class RunManager:
         """Runs whose task ended without storing their end: the error each is to end with."""
         self._abandoned_more = asyncio.Event()
         self._lease_task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.rate_limiter = RateLimiter()
 
     # admission
 
@@ -169,7 +175,7 @@ class RunManager:
             return True
         task = self._tasks.get(run_id)
         if task is None:
-            return False
+            return await self._finish_waiting(run_id, status, reason)
         if run_id not in self._stops:
             self._stops[run_id] = _Stop(status, reason)
             if run_id in self._live:
@@ -186,6 +192,18 @@ class RunManager:
         if await self._finish_unstarted(run_id, "cancelled", reason):
             return True
         return await self.cancel(run_id, reason, wait=False)
+
+    async def _finish_waiting(self, run_id: str, status: str, reason: str) -> bool:
+        """End a run that waits for people (its open calls are closed); False when it does
+        not wait (any more)."""
+        try:
+            ended = await self.store.finish(
+                run_id, status, f"run.{status}", {"reason": reason}, error=None,
+                expect=lambda run: bool(run.status == "requires_action"))
+        except StateChanged:
+            return False
+        self._ended(ended, status)
+        return True
 
     async def _finish_unstarted(self, run_id: str, status: str, reason: str) -> bool:
         """End a `queued` run; False (changing nothing) when it is not queued any more."""
@@ -208,6 +226,7 @@ class RunManager:
         self.writer.start()
         await self.recover(at_start=True)
         self._lease_task = asyncio.create_task(self._renew_leases(), name="loomd-leases")
+        self._expiry_task = asyncio.create_task(self._expire_waits(), name="loomd-waits")
         self.accepting = True
 
     async def recover(self, at_start: bool = False) -> int:
@@ -269,9 +288,10 @@ class RunManager:
         except Exception:
             logger.exception("shutdown could not end every run; recovery will")
         finally:
-            if self._lease_task is not None:
-                self._lease_task.cancel()
-                await asyncio.gather(self._lease_task, return_exceptions=True)
+            background = [t for t in (self._lease_task, self._expiry_task) if t is not None]
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await self.writer.stop()
 
     async def _renew_leases(self) -> None:
@@ -297,6 +317,27 @@ class RunManager:
             except Exception:
                 logger.exception("lease renewal or recovery failed")
 
+    async def _expire_waits(self) -> None:
+        """Give waits nobody answered in time their defaults, so their runs go on."""
+        defaults = waits.expiry_answers(self.settings.action_timeout_s)
+        while True:
+            await asyncio.sleep(WAIT_CHECK_S)
+            if not self.accepting:
+                continue
+            try:
+                expired = await self.store.expired_waits()
+            except Exception:
+                logger.exception("could not look for expired waits")
+                continue
+            for run_id, kind in expired:
+                try:
+                    await resume.answer(self, run_id, kind, defaults(kind),
+                                        can_see=lambda _owner: True, expired_only=True)
+                except (waits.RunNotWaiting, waits.RunFinished):
+                    pass  # answered or ended meanwhile
+                except Exception:
+                    logger.exception("could not expire a wait", extra={"run_id": run_id})
+
     def _abandon(self, run_id: str, error: dict[str, Any]) -> None:
         """Leave a run whose end could not be stored to be ended as soon as it can be."""
         self._abandoned[run_id] = error
@@ -320,6 +361,7 @@ class RunManager:
                        started.session.llm_calls)
         host.metrics = self.metrics
         host.agent = run.agent
+        host.active_ms_before = run.active_ms
         host.provider_name = str(run.config.get("model", "")).split(":", 1)[0]
         stop = self._stops.get(run_id)
         if stop is not None:  # cancelled before it was claimed: the session stays as it is
@@ -329,9 +371,11 @@ class RunManager:
         outcome: Outcome | None = None
         self._live.add(run_id)
         try:
-            await events.emit("run.started", {})
+            await events.emit("run.resumed" if run.waiting is not None else "run.started", {})
             self.publish_state(run.id, run.session_id, run.agent, run.owner, "running")
-            async with asyncio.timeout(host.configure(run.config).timeout_s):
+            # Time spent waiting for people or for a slot does not count (§4.2).
+            remaining = host.configure(run.config).timeout_s - run.active_ms / 1000
+            async with asyncio.timeout(max(remaining, 0.0)):
                 outcome = await self._drive(run, host, started)
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -398,6 +442,7 @@ class RunManager:
         except ProviderError as error:
             return Outcome.of(Failed("provider_error", error.message), 0, {})
         tools = ToolRunner.from_specs(config.tools, only=config.only_tools)
+        host.gate = ToolGate(config.tool_policy, self.rate_limiter, (run.owner, run.agent))
         loop = AgentLoop(
             LoopConfig(run=config, model=model, tool_timeout_s=self.settings.tool_timeout_s,
                        max_attempts=self.settings.llm_max_attempts,
@@ -405,28 +450,39 @@ class RunManager:
             provider, host.ports(tools),
         )
         host.loop = loop
+        loop.turns = run.turns
+        loop.usage.update(run.usage)
+        should_stop = lambda: run.id in self._stops  # noqa: E731
+        if run.waiting is not None:
+            waiting = run.waiting
+            results, approvals = waits.answers_of(waiting)
+            step = await loop.resume(waits.awaited_of(waiting), results, approvals,
+                                     history=started.history, should_stop=should_stop)
+            return Outcome.of(step, loop.turns, dict(loop.usage))
         request = run.request
         history = started.history  # as of the claim, which stored the input
         if not started.input_stored:  # tool calls were open: answer them first
-            await self._settle_pending(host, loop, request.get("on_pending", "reject"))
+            awaited = await self._settle_pending(host, loop, request.get("on_pending", "reject"))
+            if awaited is not None:
+                return Outcome.of(awaited, loop.turns, dict(loop.usage))
             if request.get("input"):
                 await host.append_messages(request["input"])
             history = await self.store.history(run.session_id)
-        step = await loop.run(history, should_stop=lambda: run.id in self._stops)
-        if isinstance(step, AwaitInput):  # nothing asks for input yet: no run can wait
-            step = Failed("internal_error", f"the run cannot wait for {step.kind}")
+        step = await loop.run(history, should_stop=should_stop)
         return Outcome.of(step, loop.turns, dict(loop.usage))
 
-    async def _settle_pending(self, host: RunHost, loop: AgentLoop, policy: str) -> None:
-        """Turn 0: run (`resume`) or abort (`abort`) tool calls left without results."""
+    async def _settle_pending(self, host: RunHost, loop: AgentLoop,
+                              policy: str) -> AwaitInput | None:
+        """Turn 0: run (`resume`) or abort (`abort`) tool calls left without results; what
+        the resumed calls then wait for (approvals, client outputs), if anything."""
         open_calls = await self.store.open_tool_calls(host.session_id)
         if not open_calls:
-            return
+            return None
         if policy == "resume":
-            await loop.run_tool_calls(0, [ToolCallOut(c["id"], c["name"], c["arguments"])
-                                          for c in open_calls])
-        else:
-            await self._answer_calls(host, open_calls, "<aborted: new input>", turn=0)
+            return await loop.run_tool_calls(
+                0, [ToolCallOut(c["id"], c["name"], c["arguments"]) for c in open_calls])
+        await self._answer_calls(host, open_calls, "<aborted: new input>", turn=0)
+        return None
 
     async def _answer_calls(
         self, host: RunHost, calls: list[dict[str, Any]], text: str, turn: int
@@ -453,7 +509,9 @@ class RunManager:
 
     async def _report(self, host: RunHost, outcome: Outcome) -> None:
         turns, usage = host.progress()
-        if outcome.status == "completed":
+        if outcome.awaiting is not None:
+            await self._wait(host, outcome.awaiting, turns, usage)
+        elif outcome.status == "completed":
             await self._end(host, "completed", {
                 "stop_reason": outcome.stop_reason, "output": outcome.output, "usage": usage,
                 "turns": turns,
@@ -461,6 +519,24 @@ class RunManager:
         else:
             await self._end(host, "failed", {"error": outcome.error}, error=outcome.error,
                             usage=usage, turns=turns)
+
+    async def _wait(self, host: RunHost, awaited: AwaitInput, turns: int,
+                    usage: dict[str, int]) -> None:
+        """Leave the run waiting for people: it holds no slot and no lease meanwhile."""
+        expires = waits.expires_at(utcnow(), self.settings.action_timeout_s)
+        active_ms = host.active_ms_before + round((time.monotonic() - host.started) * 1000)
+        try:
+            event = await self.store.await_input(
+                host.run_id, host.session_id, waits.required_action_of(awaited, expires),
+                waits.waiting_of(awaited), expires, seq=host.events.seq + 1,
+                active_ms=active_ms, turns=turns, usage=usage, tally=host.tally)
+        except StateChanged:
+            logger.warning("the run was ended elsewhere", extra={"run_id": host.run_id})
+            return
+        host.events.seq += 1
+        self.writer.publish(event)
+        self.publish_state(host.run_id, host.session_id, host.agent, host.owner,
+                           "requires_action")
 
     async def _end(self, host: RunHost, status: str, data: dict[str, Any], **fields: Any) -> None:
         """Store the run's end; raises `StorageFailed` when a write of the run failed."""
@@ -477,6 +553,8 @@ class RunManager:
     def _ended(self, ended: Ended, status: str, host: RunHost | None = None,
                stop_reason: str | None = None) -> None:
         """After a run's end was stored: publish it, start the session's next run."""
+        for event in ended.closing:
+            self.writer.publish(event)
         self.writer.publish(ended.event)
         if self.metrics is not None:
             self.metrics.runs_finished.labels(status).inc()

@@ -9,9 +9,10 @@ from app.auth import Principal
 from app.errors import NotFound, Unavailable
 from app.events.sse import Fresh
 from app.ids import new_id
+from app.runs import resume, waits
 from app.runs.create import Policy, creation
 from app.runs.manager import RunManager
-from app.schemas.runs import RunCreate
+from app.schemas.runs import Approvals, RunCreate, ToolOutputs
 from app.schemas.sessions import SessionCreate
 from app.services import idempotency
 from app.status import TERMINAL_STATUSES
@@ -113,3 +114,20 @@ async def cancel_run(manager: RunManager, run: Run, reason: str, wait: bool) -> 
     if current is None:
         raise NotFound(f"run {run.id} not found")
     return cancelled, current
+
+
+async def submit_tool_outputs(manager: RunManager, principal: Principal, run_id: str,
+                              body: ToolOutputs) -> Any:
+    """Answer the client tool calls the run waits for; the run as written."""
+    outputs = [output.model_dump() for output in body.outputs]
+    return await resume.answer(manager, run_id, "submit_tool_outputs",
+                               waits.outputs_answers(outputs), can_see=principal.can_see)
+
+
+async def decide_approvals(manager: RunManager, principal: Principal, run_id: str,
+                           body: Approvals) -> Any:
+    """Decide on calls the run waits to have approved; the run as written."""
+    decisions = [decision.model_dump(exclude_unset=True) for decision in body.decisions]
+    return await resume.answer(manager, run_id, "approve_tool_calls",
+                               waits.approval_answers(decisions, principal.subject),
+                               can_see=principal.can_see)

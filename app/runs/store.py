@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -74,6 +74,8 @@ class Ended:
     run: Any
     event: dict[str, Any]
     next_run_id: str | None
+    closing: list[dict[str, Any]] = field(default_factory=list)
+    """Events of the open tool calls the end answered, before `event`."""
 
 
 class StateChanged(Exception):
@@ -111,19 +113,22 @@ class RunStore:
         sqlite = database.is_sqlite
         timestamp = RUNS.c.lease_expires_at.type
         self._now = sa.bindparam("now", type_=timestamp) if sqlite else sa.func.now()
-        self._lease_end = (sa.bindparam("lease_end", type_=timestamp) if sqlite
-                           else sa.func.now() + sa.bindparam("lease", type_=sa.Interval))
+        self.lease_end = (sa.bindparam("lease_end", type_=timestamp) if sqlite
+                          else sa.func.now() + sa.bindparam("lease", type_=sa.Interval))
+        """The end of a lease that starts now (`lease()` gives its parameters)."""
         self._claim = (
             sa.update(RUNS).where(RUNS.c.id == q.ID, RUNS.c.status == "queued")
-            .values(status="running", lease_expires_at=self._lease_end,
-                    **q.set_values(RUNS, frozenset({"started_at", "executor_id"})))
+            .values(status="running", lease_expires_at=self.lease_end,
+                    started_at=sa.func.coalesce(RUNS.c.started_at, sa.bindparam(
+                        "v_started_at", type_=RUNS.c.started_at.type)),
+                    **q.set_values(RUNS, frozenset({"executor_id"})))
             .returning(*RUNS.c))
-        """Claims a queued run for this process."""
+        """Claims a queued run for this process (a resumed run keeps its first start)."""
         self._run_to_end = (
             sa.select(RUNS, (RUNS.c.lease_expires_at < self._now).label("lease_expired"))
             .where(RUNS.c.id == q.ID).with_for_update())
         """The run's row, locked, and whether its lease expired."""
-        self.insert_run = q.INSERT_RUN.values(lease_expires_at=self._lease_end)
+        self.insert_run = q.INSERT_RUN.values(lease_expires_at=self.lease_end)
         """Inserts a run with its lease (`lease()` gives the lease's parameters)."""
 
     def lease(self) -> dict[str, Any]:
@@ -170,7 +175,9 @@ class RunStore:
         those of this instance id (a restart of it); with `everything` (a SQLite file whose
         lock this process holds), every unfinished run.
         """
-        query = sa.select(RUNS.c.id).where(RUNS.c.status.in_(ACTIVE_STATUSES))
+        # A run waiting for people is executed by no process, so none can die under it.
+        query = sa.select(RUNS.c.id).where(RUNS.c.status.in_(ACTIVE_STATUSES),
+                                           RUNS.c.status != "requires_action")
         if not everything:
             expired = RUNS.c.lease_expires_at < self._now
             query = query.where(sa.or_(expired, RUNS.c.executor_id == self.executor_id)
@@ -178,6 +185,17 @@ class RunStore:
         async with self.database.read() as db:
             result = await (await db.connection()).execute(query, self._clock())
             return list(result.scalars())
+
+    async def expired_waits(self) -> list[tuple[str, str]]:
+        """`(run_id, kind)` of the waits whose `expires_at` passed, oldest first."""
+        query = (sa.select(RUNS.c.id, RUNS.c.waiting)
+                 .where(RUNS.c.status == "requires_action",
+                        RUNS.c.action_expires_at <= sa.bindparam(
+                            "now", type_=RUNS.c.action_expires_at.type))
+                 .order_by(RUNS.c.action_expires_at).limit(100))
+        async with self.database.read() as db:
+            result = await (await db.connection()).execute(query, {"now": utcnow()})
+            return [(run_id, (waiting or {}).get("kind", "")) for run_id, waiting in result]
 
     # writes
 
@@ -208,6 +226,9 @@ class RunStore:
         session = session if session is not None else locked_session(connection, run.session_id)
         if session is None:
             return None
+        if run.waiting is not None:  # resumed after a wait: its input is stored already
+            update_by_id(connection, RUNS, run.id, {"waiting": None})
+            store_input = False
         messages = run.request.get("input") or []
         input_stored = store_input and bool(messages) and not session.open_tool_calls
         stored: list[dict[str, Any]] = []
@@ -229,7 +250,7 @@ class RunStore:
             sa.update(RUNS)
             .where(RUNS.c.executor_id == self.executor_id,
                    sa.or_(RUNS.c.id.in_(list(run_ids)), RUNS.c.status == "queued"))
-            .values(lease_expires_at=self._lease_end)
+            .values(lease_expires_at=self.lease_end)
         )
         lease = self.lease()
         await self.writer.submit(lambda connection: connection.execute(statement, lease))
@@ -247,6 +268,42 @@ class RunStore:
             return add_messages(connection, session, run_id, messages, now, counters)
 
         return await self.writer.submit(append, run_id=run_id)
+
+    async def await_input(
+        self, run_id: str, session_id: str, required_action: dict[str, Any],
+        waiting: dict[str, Any],
+        expires_at: datetime, *, seq: int, active_ms: int, turns: int, usage: dict[str, int],
+        tally: Tally,
+    ) -> dict[str, Any]:
+        """Leave the run waiting for people (`requires_action`), held by no process, with its
+        `run.requires_action` event; returns the event. Raises `StateChanged` when the run
+        is not running here any more."""
+        counters = tally.take()
+        now = utcnow()
+        data = {"required_action": required_action}
+        statement = (
+            sa.update(RUNS)
+            .where(RUNS.c.id == q.ID, RUNS.c.status == "running",
+                   RUNS.c.executor_id == self.executor_id)
+            .values(**q.set_values(RUNS, frozenset({
+                "status", "required_action", "waiting", "action_expires_at", "executor_id",
+                "lease_expires_at", "active_ms", "last_seq", "turns", "usage"}))))
+        values = q.values_of({
+            "status": "requires_action", "required_action": required_action,
+            "waiting": waiting, "action_expires_at": expires_at, "executor_id": None,
+            "lease_expires_at": None, "active_ms": active_ms, "last_seq": seq,
+            "turns": turns, "usage": usage})
+
+        def wait(connection: Connection) -> dict[str, Any]:
+            if connection.execute(statement, {"_id": run_id, **values}).rowcount != 1:
+                raise StateChanged(run_id)
+            connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": seq,
+                                                "type": "run.requires_action", "data": data,
+                                                "ts": now})
+            update_by_id(connection, SESSIONS, session_id, {"updated_at": now}, counters)
+            return envelope("run.requires_action", seq, run_id, session_id, now, data)
+
+        return await self.writer.submit(wait, run_id=run_id)
 
     async def finish(
         self, run_id: str, status: str, type_: str, data: dict[str, Any], *,
@@ -272,12 +329,16 @@ class RunStore:
             run = record(row)
             if run.status not in ACTIVE_STATUSES or (expect is not None and not expect(run)):
                 raise StateChanged(run_id)
+            closing: list[dict[str, Any]] = []
+            if seq is None and run.waiting is not None:
+                closing = close_wait(connection, run, data.get("reason") or status, now)
             event_seq = seq if seq is not None else run.last_seq + 1
             event = envelope(type_, event_seq, run_id, run.session_id, now, data)
             connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": event_seq,
                                                 "type": type_, "data": data, "ts": now})
             values = {"last_seq": event_seq, "status": status, "ended_at": now,
-                      "lease_expires_at": None, "required_action": None}
+                      "lease_expires_at": None, "required_action": None, "waiting": None,
+                      "action_expires_at": None}
             values.update({_column_name(Run, key): value for key, value in fields.items()})
             update_by_id(connection, RUNS, run_id, values)
             session = locked_session(connection, run.session_id)
@@ -291,7 +352,7 @@ class RunStore:
                                    status=session_status(next_run_id, session.open_tool_calls))
                 if changes or counters:
                     update_by_id(connection, SESSIONS, session.id, changes, counters)
-            return Ended(run, event, next_run_id)
+            return Ended(run, event, next_run_id, closing)
 
         return await self.writer.submit(end, run_id=run_id, last=after_failure)
 
@@ -343,3 +404,36 @@ def add_messages(connection: Connection, session: Any, run_id: str,
     session.last_seq += len(rows)
     session.open_tool_calls = open_calls
     return [{key: value for key, value in row.items() if key != "session_id"} for row in rows]
+
+
+def close_wait(connection: Connection, run: Any, reason: str,
+               now: datetime) -> list[dict[str, Any]]:
+    """Answer the tool calls a waiting run (not executing anywhere) leaves open as it ends:
+    an approval not given is denied, a client output not submitted is cancelled. Returns the
+    events, numbered after `run.last_seq`, which is advanced past them."""
+    session = locked_session(connection, run.session_id)
+    if session is None or not session.open_tool_calls:
+        return []
+    waiting = run.waiting or {}
+    asks = ({call["id"] for call in waiting.get("tool_calls", [])}
+            if waiting.get("kind") == "approve_tool_calls" else set())
+    turn = waiting.get("turn", run.turns)
+    text = f"<cancelled: {reason}>"
+    messages, events = [], []
+    for call in session.open_tool_calls:
+        messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
+                         "content": text})
+        if call["id"] in asks:
+            type_, data = "tool.denied", {"turn": turn, "tool_call_id": call["id"],
+                                          "name": call["name"], "by": "approval",
+                                          "reason": text}
+        else:
+            type_, data = "tool.completed", {"turn": turn, "tool_call_id": call["id"],
+                                             "name": call["name"], "output": text,
+                                             "is_error": True, "duration_ms": 0}
+        run.last_seq += 1
+        connection.execute(q.INSERT_EVENT, {"run_id": run.id, "seq": run.last_seq,
+                                            "type": type_, "data": data, "ts": now})
+        events.append(envelope(type_, run.last_seq, run.id, run.session_id, now, data))
+    add_messages(connection, session, run.id, messages, now, None)
+    return events

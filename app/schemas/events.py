@@ -70,6 +70,21 @@ class HookDecisionData(_Data):
     duration_ms: int
 
 
+class ApprovalDecidedData(TurnData):
+    tool_call_id: str
+    name: str
+    approve: bool
+    reason: str | None
+    arguments_replaced: bool = Field(description="the approver replaced the arguments")
+    decided_by: str = Field(description="the API key subject who decided, or `expiry` for "
+                            "the policy's `approval_default` after `expires_at`")
+    decided_at: str
+
+
+class InputData(_Data):
+    messages: list[dict[str, Any]] = Field(description="the steering input, as stored")
+
+
 class RequiresActionData(_Data):
     required_action: RequiredAction
 
@@ -178,6 +193,20 @@ class RunRequiresAction(_Envelope):
     data: RequiresActionData
 
 
+class ApprovalDecided(_Envelope):
+    """A person (or the expiry default) decided on a call that waited for approval."""
+
+    type: Literal["approval.decided"]
+    data: ApprovalDecidedData
+
+
+class RunInput(_Envelope):
+    """Steering input delivered to the run at a turn boundary."""
+
+    type: Literal["run.input"]
+    data: InputData
+
+
 class LLMRetry(_Envelope):
     type: Literal["llm.retry"]
     data: RetryData
@@ -220,7 +249,8 @@ class StreamGap(_Envelope):
 
 class Event(RootModel[Annotated[
     RunCreated | RunPhase | TurnBoundary | TextDelta | MessageCompleted | ToolStarted
-    | ToolCompleted | ToolDenied | HookDecision | RunRequiresAction | LLMRetry | TurnUsage
+    | ToolCompleted | ToolDenied | HookDecision | RunRequiresAction | ApprovalDecided
+    | RunInput | LLMRetry | TurnUsage
     | CompactionCompleted | Subrun | RunCompleted | RunFailed | RunStopped | StreamGap,
     Field(discriminator="type"),
 ]]):

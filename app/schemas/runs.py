@@ -45,6 +45,19 @@ class RequiredAction(ResponseModel):
     expires_at: Timestamp
 
 
+class ApprovalRecord(ResponseModel):
+    """A decision on a call that waited for approval."""
+
+    tool_call_id: str
+    name: str
+    approve: bool
+    reason: str | None
+    arguments_replaced: bool
+    decided_by: str = Field(description="the API key subject, or `expiry` (the policy's "
+                            "`approval_default`, after `expires_at`)")
+    decided_at: Timestamp
+
+
 class Run(ResponseModel):
     id: str = Field(examples=["run_Q1w2E3r4T5y6U7i8O9p0"])
     session_id: str
@@ -58,6 +71,8 @@ class Run(ResponseModel):
     turns: int
     usage: RunUsage
     required_action: RequiredAction | None
+    approvals: list[ApprovalRecord] = Field(
+        default_factory=list, description="the approval decisions of this run, oldest first")
     parent_run_id: str | None
     last_seq: int
     metadata: dict[str, Any]
@@ -140,3 +155,35 @@ class RunCancel(RequestModel):
 class RunCancelled(ResponseModel):
     cancelled: int
     run: Run
+
+
+ToolCallId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ToolOutput(RequestModel):
+    tool_call_id: ToolCallId
+    output: Annotated[str, Field(max_length=1_048_576)]
+    is_error: bool = False
+
+
+class ToolOutputs(RequestModel):
+    """The outputs of the client tool calls a run waits for: one for each, at once."""
+
+    outputs: Annotated[list[ToolOutput], Field(min_length=1, max_length=128)]
+
+
+class ApprovalDecision(RequestModel):
+    tool_call_id: ToolCallId
+    approve: bool
+    reason: Omittable[Annotated[str, Field(max_length=1024)]] = Field(
+        default=None, description="why; a denial's reason reaches the model")
+    arguments: Omittable[dict[str, Any]] = Field(
+        default=None, description="for an approval: arguments replacing the model's; they "
+        "must fit the tool's parameters")
+
+
+class Approvals(RequestModel):
+    """Decisions on some or all of the calls a run waits to have approved; the run goes on
+    once every call is decided."""
+
+    decisions: Annotated[list[ApprovalDecision], Field(min_length=1, max_length=128)]

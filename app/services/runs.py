@@ -31,7 +31,8 @@ def run_view(run: Run) -> dict[str, Any]:
         "agent_version": run.agent_version, "owner": run.owner, "status": run.status,
         "stop_reason": run.stop_reason, "error": run.error, "output": run.output,
         "turns": run.turns, "usage": {**usage, **run.usage},
-        "required_action": run.required_action, "parent_run_id": run.parent_run_id,
+        "required_action": run.required_action, "approvals": run.decisions,
+        "parent_run_id": run.parent_run_id,
         "last_seq": run.last_seq, "metadata": run.meta, "created_at": run.created_at,
         "started_at": run.started_at, "ended_at": run.ended_at,
     }

@@ -142,6 +142,19 @@ class Run(SQLModel, table=True):
     turns: int = 0
     usage: dict[str, Any] = _json()
     required_action: dict[str, Any] | None = _json(nullable=True)
+    waiting: dict[str, Any] | None = _json(nullable=True)
+    """While `requires_action`: the open turn and, once answered, the answers
+    (`app.runs.waits`)."""
+    action_expires_at: datetime | None = _timestamp(nullable=True, index=True)
+    """When the open `required_action` expires (its answers then get their defaults)."""
+    decisions: list[dict[str, Any]] = _json()
+    """The approval decisions of the run: who decided which call, when."""
+    pending_input: list[dict[str, Any]] = _json()
+    """Steering input not yet delivered at a turn boundary."""
+    active_ms: int = 0
+    """Running time spent before the current stretch (waits and queues not counted)."""
+    depth: int = 0
+    """0 for a run a client started; a subrun's is its parent's plus one."""
     parent_run_id: str | None = Field(default=None, max_length=40, index=True)
     last_seq: int = 0
     meta: dict[str, Any] = _json("metadata")
@@ -165,6 +178,16 @@ class RunEvent(SQLModel, table=True):
     type: str = Field(max_length=40)
     data: dict[str, Any] = _json()
     ts: datetime = _timestamp()
+
+
+class ToolSecret(SQLModel, table=True):
+    """The key an owner's `http` tool calls are signed with (Standard Webhooks)."""
+
+    __tablename__ = "tool_secrets"
+
+    owner: str = Field(primary_key=True, max_length=64)
+    secret: str = Field(max_length=128)
+    created_at: datetime = _timestamp()
 
 
 class IdempotencyKey(SQLModel, table=True):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from app.tools.net import HostPolicy
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,9 @@ class ToolContext:
     tool_call_id: str
     state: dict[str, Any] = field(default_factory=dict)
     """Per-session state a tool may read and replace (e.g. `todos`); persisted by the caller."""
+    hosts: HostPolicy | None = None
+    """Where the run's tools may connect (`overrides.allowed_hosts` within the operator's
+    `LOOMD_ALLOWED_HOSTS`, and the private-address guard); None: nowhere."""
 
 
 class Tool(Protocol):

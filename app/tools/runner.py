@@ -112,8 +112,19 @@ class ToolRunner:
         Unknown tools, unparsable or schema-violating arguments, exceptions, timeouts and
         non-text output all become error results the model can read and retry after.
         """
-        tool = self._tools.get(name)
-        if tool is None:
+        checked = self._checked(name, arguments_json)
+        if isinstance(checked, ToolResult):
+            return checked
+        return await _call(self._tools[name], checked, context, timeout_s)
+
+    def check_arguments(self, name: str, arguments_json: str) -> ToolResult | None:
+        """The error result `run` would give before calling the tool; None when the tool
+        exists and takes these arguments."""
+        checked = self._checked(name, arguments_json)
+        return checked if isinstance(checked, ToolResult) else None
+
+    def _checked(self, name: str, arguments_json: str) -> dict[str, Any] | ToolResult:
+        if name not in self._tools:
             available = ", ".join(self._tools) or "none"
             return _error(f"unknown tool {name!r}; available tools: {available}")
         arguments = _parse_arguments(arguments_json)
@@ -122,7 +133,7 @@ class ToolRunner:
         problem = self._argument_problem(name, arguments)
         if problem is not None:
             return _error(problem)
-        return await _call(tool, arguments, context, timeout_s)
+        return arguments
 
     async def run_many(
         self, calls: Sequence[PendingCall], context_factory: Callable[[str], ToolContext],
