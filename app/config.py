@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_serializer, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./loomd.db"
@@ -20,6 +22,102 @@ class ProviderConfig(BaseModel):
 
     base_url: str
     api_key_env: str | None = None
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_TRUE = ("true", "t", "1", "yes", "y", "on")
+_FALSE = ("false", "f", "0", "no", "n", "off", "")
+
+
+def normalize_host(host: str) -> str:
+    """A host name as compared: lower case, ASCII (IDNA), without a trailing dot or brackets."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        return name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        return name
+
+
+@dataclass(frozen=True)
+class PrivateUrls:
+    """`LOOMD_ALLOW_PRIVATE_URLS`: the private hosts and addresses tools and hooks may reach.
+
+    `true` allows every private address, `false` none, and a comma-separated list the hosts
+    named (exactly) and the addresses and networks given (`127.0.0.1,10.1.0.0/16,db.internal`).
+    Cloud metadata addresses stay refused whatever it says (`app.tools.net`).
+    """
+
+    everything: bool = False
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> PrivateUrls:
+        """From a bool, `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`) or a list."""
+        if isinstance(value, PrivateUrls):
+            return value
+        if isinstance(value, bool):
+            return cls(everything=value)
+        if isinstance(value, list | tuple):
+            value = ",".join(str(item) for item in value)
+        if not isinstance(value, str):
+            raise ValueError("must be true, false or a comma-separated list of hosts and networks")
+        text = value.strip()
+        if text.lower() in _TRUE:
+            return cls(everything=True)
+        if text.lower() in _FALSE:
+            return cls()
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for entry in (part.strip() for part in text.split(",")):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            host = normalize_host(entry)
+            if not host or any(char in host for char in "/:@ "):
+                raise ValueError(f"{entry!r} is neither a host name nor an address or network")
+            hosts.add(host)
+        return cls(hosts=frozenset(hosts), networks=tuple(networks))
+
+    def __bool__(self) -> bool:
+        """True only for `true`: code that asks "may anything private be reached?" with a
+        plain `if` stays on the safe side for a list."""
+        return self.everything
+
+    def __str__(self) -> str:
+        if self.everything:
+            return "true"
+        entries = sorted(self.hosts) + [str(network) for network in self.networks]
+        return ",".join(entries) or "false"
+
+    def admits(self, host: str, address: IPAddress | None = None) -> bool:
+        """Whether the host name (as in the URL) or the address it resolved to is allowed."""
+        if self.everything or normalize_host(host) in self.hosts:
+            return True
+        return address is not None and any(
+            address.version == network.version and address in network
+            for network in self.networks)
+
+
+def _split_hosts(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        hosts = []
+        for entry in (str(item).strip() for item in value):
+            if not entry:
+                continue
+            host = normalize_host(entry.removeprefix("*.").removeprefix("."))
+            if not host or any(char in host for char in "/@ ") or host.count(":") == 1:
+                raise ValueError(f"{entry!r} is not a host name or address")
+            hosts.append(host)
+        return tuple(dict.fromkeys(hosts))
+    return value
 
 
 def _default_instance_id() -> str:
@@ -38,7 +136,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     admin_token: str | None = None
     auto_migrate: bool = True
-    allow_private_urls: bool = False
+    allow_private_urls: Annotated[PrivateUrls, NoDecode] = Field(
+        default_factory=PrivateUrls,
+        description="`true`, `false` or a comma-separated list of hosts and networks")
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="host suffixes tools may reach; empty: any public host")
     metrics_enabled: bool = True
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     body_read_timeout_s: float = Field(default=30, gt=0)
@@ -67,6 +169,20 @@ class Settings(BaseSettings):
     writer_queue_size: int = Field(default=10_000, ge=10)
     action_timeout_s: float = Field(default=600, gt=0)
     max_subrun_depth: int = Field(default=3, ge=0, le=16)
+
+    @field_validator("allow_private_urls", mode="plain")
+    @classmethod
+    def _parse_private_urls(cls, value: Any) -> PrivateUrls:
+        return PrivateUrls.parse(value)
+
+    @field_serializer("allow_private_urls")
+    def _show_private_urls(self, value: PrivateUrls) -> str:
+        return str(value)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_allowed_hosts(cls, value: Any) -> Any:
+        return _split_hosts(value)
 
     @field_validator("admin_token")
     @classmethod

@@ -57,6 +57,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "sessions", "description": "Conversations and their messages."},
             {"name": "runs", "description": "Executions of the agent loop and their events."},
             {"name": "providers", "description": "Configured LLM providers and their health."},
+            {"name": "tools", "description": "The key `http` tool calls are signed with."},
         ],
         separate_input_output_schemas=False,
     )

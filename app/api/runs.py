@@ -26,16 +26,22 @@ from app.auth import Principal
 from app.errors import BadRequest
 from app.events.sse import RETRY_MS, follow_run, sse_frames
 from app.events.types import TERMINAL_EVENTS, is_terminal
+from app.runs import batch
 from app.runs import service as run_service
 from app.runs.manager import RunManager
 from app.schemas.events import Event, EventPage
 from app.schemas.runs import (
     Approvals,
+    BatchCreate,
+    BatchDetached,
+    BatchJoined,
+    BatchResult,
     OneShotRunCreate,
     Run,
     RunCancel,
     RunCancelled,
     RunCreate,
+    RunInputCreate,
     RunPage,
     ToolOutputs,
 )
@@ -68,11 +74,13 @@ SSE_FRAME: dict[str, Any] = {
 }
 """The per-event schema of `text/event-stream` responses (OpenAPI 3.1 style)."""
 CREATED: dict[int | str, dict[str, Any]] = {
-    200: {"description": "`stream: true`: the run's events (`text/event-stream`), or a replay "
-          "of an earlier request with the same Idempotency-Key",
+    200: {"description": "`stream: true`: the run's events (`text/event-stream`); a replay "
+          "of an earlier request with the same Idempotency-Key; or, with `if_busy: \"steer\"` "
+          "on a busy session, the session's active run, which got the input",
           "content": {"text/event-stream": {"schema": SSE_FRAME}}, "model": Run},
     202: {"description": "`stream: false`: the run, queued", "model": Run},
 }
+
 CREATE_ERRORS = errors(
     *WRITE, 409, 429, 503,
     s409="`session_busy` (with `active_run_id`), `session_pending` (with "
@@ -98,6 +106,12 @@ async def _start(
     headers = {"Location": f"/v1/runs/{run.id}", "Content-Location": f"/v1/runs/{run.id}"}
     if replayed:
         headers["Idempotency-Replayed"] = "true"
+    if started.steered:
+        if body.stream:  # the active run's events, from its first one
+            events = follow_run(manager.database, manager.bus, run.id, run.session_id, 0)
+            return EventSourceResponse(sse_frames(events), ping=15, headers=headers)
+        return Response(_view(run).model_dump_json(), status_code=status.HTTP_200_OK,
+                        headers=headers, media_type="application/json")
     if body.stream:
         events = follow_run(manager.database, manager.bus, run.id, run.session_id, 0,
                             fresh=started.fresh)
@@ -357,3 +371,51 @@ async def decide_approvals(
     """Decide on calls of a run in `requires_action` (`approve_tool_calls`); the run goes on
     once every call is decided. Each decision is recorded with who decided it, and when."""
     return _view(await run_service.decide_approvals(manager, principal, run_id, body))
+
+
+@router.post(
+    "/v1/runs/batch", name="create_batch", summary="Start several runs at once",
+    status_code=200,
+    responses={200: {"description": "`join`: a row per run, index-aligned with the request",
+                     "model": BatchJoined},
+               202: {"description": "`detach`: the runs, started", "model": BatchDetached},
+               **errors(*WRITE, 404, 429, 503, s404="an agent of the batch does not exist")},
+    response_model=BatchJoined,
+)
+async def create_batch(
+    body: BatchCreate, principal: CurrentPrincipal, manager: ManagerDep,
+) -> Response:
+    """Start 1..32 runs, each in a new session; `join` waits for them (up to `timeout_ms`)
+    and reports each run's outcome in its own row, `detach` answers at once."""
+    rows, joined = await batch.start_batch(manager, principal, body)
+    if not joined:
+        detached = BatchDetached(runs=[_view(row) for row in rows])
+        return Response(detached.model_dump_json(), status_code=202,
+                        media_type="application/json")
+    results = []
+    for index, row in enumerate(rows):
+        view = _view(row)
+        results.append(BatchResult(
+            index=index, run_id=view.id, session_id=view.session_id, status=view.status,
+            stop_reason=view.stop_reason, output=view.output, usage=view.usage,
+            error=view.error))
+    return Response(BatchJoined(results=results).model_dump_json(),
+                    media_type="application/json")
+
+
+@router.post(
+    "/v1/runs/{run_id}/input", name="steer", summary="Send input to a running run",
+    status_code=202, response_model=Run,
+    responses=errors(*WRITE, 409, 503,
+                     s409="`run_finished` (the run has ended), `input_backlog` (too much "
+                          "input waits to be delivered)"),
+)
+async def steer_run(
+    run_id: RunId, body: RunInputCreate, principal: CurrentPrincipal, manager: ManagerDep,
+) -> Response:
+    """Queue user input into an unfinished run: it is delivered as user messages at the
+    run's next turn boundary (a `run.input` event records it). If the model has already
+    given its final answer, the input starts one more turn."""
+    run = await run_service.steer_run(manager, principal, run_id, body)
+    return Response(_view(run).model_dump_json(), status_code=status.HTTP_202_ACCEPTED,
+                    media_type="application/json")

@@ -165,9 +165,19 @@ class AgentLoop:
         while True:
             if should_stop():
                 raise asyncio.CancelledError("the run was asked to stop")
+            await self._take_input()
             step = await self.step()
+            if isinstance(step, Final) and step.stop_reason == "end_turn" and (
+                    await self._take_input()):
+                continue  # input came with the final answer: one more turn
             if not isinstance(step, Continue):
                 return step
+
+    async def _take_input(self) -> bool:
+        """Deliver steering input at a turn boundary; whether there was any."""
+        messages = await self.ports.hooks.take_input()
+        self.history.extend(to_openai(m) for m in messages)
+        return bool(messages)
 
     # one step
 

@@ -7,7 +7,7 @@ tool hooks). A hook that raises fails the run, like any other error of the loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from app.providers.base import Completion, LLMRequest, ProviderError, ToolCallOut
 from app.tools.base import ToolResult
@@ -47,6 +47,11 @@ class LifecycleHooks:
         """Decide on a call before it runs: return it (possibly with other arguments, same
         id) to run it, a `ToolDenial`, or `NeedsApproval`."""
         return call
+
+    async def take_input(self) -> list[dict[str, Any]]:
+        """At a turn boundary: steering input to deliver now, as stored messages (the
+        caller has stored them and recorded `run.input`)."""
+        return []
 
     async def on_tool_start(self, turn: int, call: ToolCallOut) -> None:
         """After `tool.started`, just before the tool runs."""

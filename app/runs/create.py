@@ -66,6 +66,9 @@ class Creation:
     interrupts: str | None = None
     ended: list[dict[str, Any]] = field(default_factory=list)
     started: StartedRun | None = None
+    steered: bool = False
+    """`if_busy: "steer"` on a busy session: no run was created, `run` is the active one,
+    which got the input."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,21 @@ class Policy:
     known_providers: list[str]
 
 
+@dataclass(frozen=True)
+class Parent:
+    """The run a subrun is started for: its child session hangs under the parent's."""
+
+    run_id: str
+    session_id: str
+    depth: int
+    """The subrun's depth (the parent's plus one)."""
+
+
 def creation(
     run_id: str, principal: Principal, body: RunCreate, policy: Policy, *,
     session_id: str | None,
     new_session: SessionCreate | None, scope: IdempotencyScope | None, digest: str,
+    parent: Parent | None = None,
 ) -> Callable[[Connection], Creation]:
     """The write that creates the run; it raises the API's errors before writing anything."""
     def create(connection: Connection) -> Creation:
@@ -110,13 +124,17 @@ def creation(
             agent = _agent(connection, session.owner, session.agent)
             if agent is None:
                 raise Conflict(f"the agent {session.agent!r} of session {session.id} was deleted")
+        if (session is not None and session.active_run_id is not None
+                and body.if_busy == "steer"):
+            return _steer(connection, session.active_run_id, body, scope, digest, now)
         config = resolved_config(agent.config, body)
         _check(policy, config, body, session)
         fresh = session is None
         if session is None:
             assert new_session is not None
-            session = _insert_session(connection, principal, new_session, now)
-        outcome = _insert_run(connection, run_id, session, agent, body, config, policy, now)
+            session = _insert_session(connection, principal, new_session, now, parent)
+        outcome = _insert_run(connection, run_id, session, agent, body, config, policy, now,
+                              parent.depth if parent is not None else 0)
         if scope is not None:
             # An expired key of the same name goes only now: nothing is written before the
             # checks above have passed, so a refused request leaves the batch untouched.
@@ -135,6 +153,22 @@ def creation(
         return outcome
 
     return create
+
+
+def _steer(connection: Connection, run_id: str, body: RunCreate,
+           scope: IdempotencyScope | None, digest: str, now: datetime) -> Creation:
+    """Queue the input into the session's active run instead of creating one."""
+    from app.runs.steering import queue_input  # it imports the waits, which import this
+
+    run = record(connection.execute(q.RUN_BY_ID.with_for_update(), {"_id": run_id}).first())
+    queue_input(connection, run, input_messages(body))
+    if scope is not None:
+        connection.execute(_DELETE_KEY, _key_of(scope))
+        connection.execute(q.INSERT_KEY, {
+            "subject": scope.subject, "method": scope.method, "path": scope.path,
+            "key": scope.key, "request_hash": digest, "resource_id": run_id,
+            "created_at": now, "expires_at": now + TTL})
+    return Creation(as_run(vars(run)), steered=True)
 
 
 def _check(policy: Policy, config: dict[str, Any], body: RunCreate, session: Any) -> None:
@@ -186,13 +220,15 @@ def _agent(connection: Connection, owner: str, name: str) -> Any:
 
 
 def _insert_session(connection: Connection, principal: Principal, body: SessionCreate,
-                    now: datetime) -> Any:
+                    now: datetime, parent: Parent | None) -> Any:
     values: dict[str, Any] = {
         "id": new_id("ses"), "owner": principal.subject, "agent": body.agent,
         "title": body.title, "metadata": body.metadata, "status": "idle",
-        "active_run_id": None, "open_tool_calls": [], "parent_session_id": None,
-        "parent_run_id": None, "message_count": 0, "last_seq": 0, "prompt_tokens": 0,
-        "completion_tokens": 0, "total_tokens": 0, "llm_calls": 0, "todos": [],
+        "active_run_id": None, "open_tool_calls": [],
+        "parent_session_id": parent.session_id if parent is not None else None,
+        "parent_run_id": parent.run_id if parent is not None else None, "message_count": 0,
+        "last_seq": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+        "llm_calls": 0, "todos": [],
         "created_at": now, "updated_at": now,
     }
     connection.execute(q.INSERT_SESSION, values)
@@ -201,7 +237,7 @@ def _insert_session(connection: Connection, principal: Principal, body: SessionC
 
 def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
                 body: RunCreate, config: dict[str, Any], policy: Policy,
-                now: datetime) -> Creation:
+                now: datetime, depth: int) -> Creation:
     ended: list[dict[str, Any]] = []
     interrupts = None
     if session.active_run_id is not None and body.if_busy == "interrupt":
@@ -212,7 +248,7 @@ def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
         "agent_version": agent.version, "status": "queued", "stop_reason": None,
         "error": None, "output": None, "turns": 0, "usage": {}, "required_action": None,
         "waiting": None, "action_expires_at": None, "decisions": [], "pending_input": [],
-        "active_ms": 0, "depth": 0,
+        "active_ms": 0, "depth": depth,
         "parent_run_id": session.parent_run_id, "last_seq": 1, "metadata": body.metadata,
         "request": {"input": input_messages(body), "on_pending": body.on_pending,
                     "on_disconnect": body.on_disconnect, "if_busy": body.if_busy},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from app.clock import utcnow
@@ -17,7 +17,9 @@ from app.providers.base import Completion, LLMRequest, ProviderError, ToolCallOu
 from app.runs.store import RunStore, Tally
 from app.store.writer import Writer
 from app.tools.base import ToolContext, ToolResult
+from app.tools.net import HostPolicy
 from app.tools.policy import ToolGate
+from app.tools.todos import TODOS
 
 T = TypeVar("T")
 
@@ -60,6 +62,10 @@ class RunHost(LifecycleHooks):
         self.provider_name = ""
         self.agent = ""
         self.gate: ToolGate | None = None
+        self.steered: Callable[[], bool] = lambda: False
+        """Whether steering input may be waiting (asked at each turn boundary)."""
+        self.hosts: HostPolicy | None = None
+        self._contexts: dict[str, ToolContext] = {}
         self.active_ms_before = 0
         """Running time of the run before this stretch (it may have waited for people)."""
         self.answered: set[str] = set()
@@ -93,9 +99,15 @@ class RunHost(LifecycleHooks):
     async def append_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answers = {m["tool_call_id"] for m in messages if m.get("role") == "tool"}
         self.answered |= answers
+        # A tool's new session state (the todo list) is stored with its result.
+        changes: dict[str, Any] = {}
+        for call_id in answers:
+            context = self._contexts.pop(call_id, None)
+            if context is not None and TODOS in context.state:
+                changes["todos"] = context.state[TODOS]
         try:
             stored = await self.store.append_messages(self.session_id, self.run_id, messages,
-                                                      self.tally)
+                                                      self.tally, changes)
         except Exception:
             self.answered -= answers  # refused: nothing of it was stored
             raise
@@ -120,6 +132,18 @@ class RunHost(LifecycleHooks):
     async def before_tool_call(self, turn: int, call: ToolCallOut) -> ToolDecision:
         return call if self.gate is None else self.gate.decide(call)
 
+    async def take_input(self) -> list[dict[str, Any]]:
+        if not self.steered():
+            return []
+        taken = await self.store.take_input(self.run_id, self.session_id, self.events.seq + 1,
+                                            self.tally)
+        if taken is None:
+            return []
+        messages, event = taken
+        self.events.seq += 1
+        self.events.writer.publish(event)
+        return messages
+
     async def on_tool_end(self, turn: int, call: ToolCallOut, result: ToolResult,
                           seconds: float) -> None:
         if self.metrics is not None:
@@ -130,8 +154,10 @@ class RunHost(LifecycleHooks):
 
     def tool_context(self, tool_call_id: str) -> ToolContext:
         """The context of one tool call of this run."""
-        return ToolContext(run_id=self.run_id, session_id=self.session_id, owner=self.owner,
-                           tool_call_id=tool_call_id)
+        context = ToolContext(run_id=self.run_id, session_id=self.session_id,
+                              owner=self.owner, tool_call_id=tool_call_id, hosts=self.hosts)
+        self._contexts[tool_call_id] = context
+        return context
 
 
 def _json_message(message: dict[str, Any]) -> dict[str, Any]:

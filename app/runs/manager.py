@@ -20,14 +20,18 @@ from app.metrics import Metrics
 from app.providers.base import ProviderError, ToolCallOut
 from app.providers.registry import ProviderRegistry
 from app.runs import resume, waits
+from app.runs.create import Parent
 from app.runs.host import RunEvents, RunHost
 from app.runs.store import Ended, RunStore, StartedRun, StateChanged, is_queued
+from app.runs.subruns import Subruns
+from app.runs.tools import ToolConflict, ToolSources, build_tools
 from app.store.db import Database
 from app.store.tables import Run
 from app.store.writer import StorageFailed, Writer
 from app.tools.base import ToolResult
+from app.tools.mcp import McpClients
+from app.tools.net import HostPolicy
 from app.tools.policy import RateLimiter, ToolGate
-from app.tools.runner import ToolRunner
 
 logger = logging.getLogger("loomd.runs")
 
@@ -90,6 +94,11 @@ class RunManager:
         self._lease_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self.rate_limiter = RateLimiter()
+        self.mcp = McpClients()
+        self._steered: set[str] = set()
+        """Runs executing here that were given steering input since they last took it."""
+        self._resubmit: set[str] = set()
+        """Runs whose end was turned into one more turn: started again once their task ends."""
 
     # admission
 
@@ -115,13 +124,15 @@ class RunManager:
         else:
             self._waiting.append(run_id)
 
-    def reserve_slot(self, run_id: str) -> bool:
-        """Hold a slot for a run that its creation write may claim; False when none is free.
+    def reserve_slot(self, run_id: str, beyond_limit: bool = False) -> bool:
+        """Hold a slot for a run that its creation write may claim; False when none is free
+        (unless `beyond_limit`, for a subrun its parent waits for).
 
         Until `launch` or `release_slot`, the run counts as executing here, so a cancel that
         comes meanwhile is kept and applied as the run starts.
         """
-        if not self.accepting or self.active_count >= self.settings.max_concurrent_runs:
+        full = self.active_count >= self.settings.max_concurrent_runs
+        if not self.accepting or (full and not beyond_limit):
             return False
         self._reserved.add(run_id)
         return True
@@ -145,8 +156,16 @@ class RunManager:
         self._tasks.pop(run_id, None)
         self._stops.pop(run_id, None)
         self._live.discard(run_id)
+        self._steered.discard(run_id)
         self.writer.forget(run_id)
+        if run_id in self._resubmit:
+            self._resubmit.discard(run_id)
+            self.submit(run_id)
         self._admit()
+
+    def steer(self, run_id: str) -> None:
+        """Steering input was stored for the run: it takes it at its next turn boundary."""
+        self._steered.add(run_id)
 
     def _admit(self) -> None:
         while (self.accepting and self._waiting
@@ -183,6 +202,18 @@ class RunManager:
         if wait:
             await asyncio.wait({task})
         return True
+
+    def _take_steer(self, run_id: str) -> bool:
+        if run_id in self._steered:
+            self._steered.discard(run_id)
+            return True
+        return False
+
+    async def wait_ended(self, run_ids: list[str]) -> None:
+        """Wait until the tasks of those of `run_ids` that execute here have ended."""
+        tasks = {task for run_id in run_ids if (task := self._tasks.get(run_id)) is not None}
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def finish_queued(self, run_id: str, reason: str) -> bool:
         """End a run that waits in its session's queue (not yet submitted) as cancelled.
@@ -293,6 +324,7 @@ class RunManager:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self.writer.stop()
+            await self.mcp.aclose()
 
     async def _renew_leases(self) -> None:
         """Renew leases every third of the lease, then recover; while runs wait for their end
@@ -362,6 +394,7 @@ class RunManager:
         host.metrics = self.metrics
         host.agent = run.agent
         host.active_ms_before = run.active_ms
+        host.steered = lambda: self._take_steer(run_id)
         host.provider_name = str(run.config.get("model", "")).split(":", 1)[0]
         stop = self._stops.get(run_id)
         if stop is not None:  # cancelled before it was claimed: the session stays as it is
@@ -441,7 +474,14 @@ class RunManager:
             provider, model = self.providers.get(config.model)
         except ProviderError as error:
             return Outcome.of(Failed("provider_error", error.message), 0, {})
-        tools = ToolRunner.from_specs(config.tools, only=config.only_tools)
+        host.hosts = HostPolicy.of(self.settings, config.allowed_hosts)
+        subruns = Subruns(self, Parent(run.id, run.session_id, run.depth + 1), run.owner,
+                          host.emit)
+        try:
+            tools = await build_tools(config.tools, config.only_tools, ToolSources(
+                self.database, run.owner, host.hosts, self.mcp, subruns))
+        except ToolConflict as conflict:
+            return Outcome.of(Failed("tool_conflict", str(conflict)), 0, {})
         host.gate = ToolGate(config.tool_policy, self.rate_limiter, (run.owner, run.agent))
         loop = AgentLoop(
             LoopConfig(run=config, model=model, tool_timeout_s=self.settings.tool_timeout_s,
@@ -453,6 +493,10 @@ class RunManager:
         loop.turns = run.turns
         loop.usage.update(run.usage)
         should_stop = lambda: run.id in self._stops  # noqa: E731
+        if run.waiting is not None and run.waiting.get("kind") == "input":
+            # It had answered when steering input came; the input is in the history now.
+            step = await loop.run(started.history, should_stop=should_stop)
+            return Outcome.of(step, loop.turns, dict(loop.usage))
         if run.waiting is not None:
             waiting = run.waiting
             results, approvals = waits.answers_of(waiting)
@@ -543,10 +587,15 @@ class RunManager:
         if status in ("cancelled", "interrupted"):
             fields["turns"], fields["usage"] = host.progress()
         try:
-            ended = await self.store.finish(host.run_id, status, f"run.{status}", data,
-                                            seq=host.events.seq + 1, tally=host.tally, **fields)
+            ended = await self.store.finish(
+                host.run_id, status, f"run.{status}", data, seq=host.events.seq + 1,
+                tally=host.tally, steerable=fields.get("stop_reason") == "end_turn", **fields)
         except StateChanged:
             logger.warning("the run was ended elsewhere", extra={"run_id": host.run_id})
+            return
+        if ended.continued:
+            self.writer.publish(ended.event)
+            self._resubmit.add(host.run_id)
             return
         self._ended(ended, status, host, fields.get("stop_reason"))
 

@@ -10,9 +10,10 @@ from app.errors import NotFound, Unavailable
 from app.events.sse import Fresh
 from app.ids import new_id
 from app.runs import resume, waits
-from app.runs.create import Policy, creation
+from app.runs.create import Parent, Policy, as_run, creation
 from app.runs.manager import RunManager
-from app.schemas.runs import Approvals, RunCreate, ToolOutputs
+from app.runs.steering import steer_write
+from app.schemas.runs import Approvals, RunCreate, RunInputCreate, ToolOutputs
 from app.schemas.sessions import SessionCreate
 from app.services import idempotency
 from app.status import TERMINAL_STATUSES
@@ -27,13 +28,15 @@ class Started:
     replayed: bool
     fresh: Fresh | None = None
     """With `follow`: the run's first events and a subscription to the rest."""
+    steered: bool = False
+    """`if_busy: "steer"`: `run` is the session's active run, which got the input."""
 
 
 async def start_run(
     manager: RunManager, principal: Principal, body: RunCreate, *, path: str,
     session_id: str | None = None, new_session: SessionCreate | None = None,
     idempotency_key: str | None = None, sent: dict[str, Any] | None = None,
-    follow: bool = False,
+    follow: bool = False, parent: Parent | None = None,
 ) -> Started:
     """Create the run (or find the one an earlier request with the same key created).
 
@@ -48,7 +51,9 @@ async def start_run(
         sent if sent is not None else body.model_dump(mode="json", exclude_unset=True)
     ) if scope is not None else ""
     run_id = new_id("run")
-    claim = manager.reserve_slot(run_id)
+    # A subrun runs in a slot of its own even when none is free: its parent, which holds a
+    # slot, waits for it, and runs waiting on each other for slots would never end.
+    claim = manager.reserve_slot(run_id, beyond_limit=parent is not None)
     store = manager.store
     policy = Policy(
         executor_id=manager.executor_id, insert_run=store.insert_run,
@@ -58,7 +63,7 @@ async def start_run(
             connection, run_id, store.claim_values(), **handed)) if claim else None,
         known_providers=manager.settings.provider_names())
     write = creation(run_id, principal, body, policy, session_id=session_id,
-                     new_session=new_session, scope=scope, digest=digest)
+                     new_session=new_session, scope=scope, digest=digest, parent=parent)
     try:
         try:
             outcome = await manager.writer.submit(write)
@@ -75,9 +80,11 @@ async def start_run(
         manager.release_slot(run_id)
         raise
     run = outcome.run
-    if outcome.replayed:
+    if outcome.replayed or outcome.steered:
         manager.release_slot(run_id)
-        return Started(run, True)
+        if outcome.steered:
+            manager.steer(run.id)
+        return Started(run, outcome.replayed, steered=outcome.steered)
     assert outcome.created_event is not None
     # Subscribed before the run can emit more, so a stream needs no replay from the store.
     fresh = (Fresh([outcome.created_event], manager.bus.subscribe(run.id)) if follow
@@ -100,15 +107,20 @@ async def start_run(
 
 
 async def cancel_run(manager: RunManager, run: Run, reason: str, wait: bool) -> tuple[int, Run]:
-    """Cancel `run` if it is still active; returns how many runs this request cancelled and
-    the run as it is afterwards."""
+    """Cancel `run` and its active descendants (subruns) if it is still active; returns how
+    many runs this request cancelled and the run as it is afterwards."""
     cancelled = 0
     if run.status not in TERMINAL_STATUSES:
-        if manager.is_running_here(run.id):
-            done = await manager.cancel(run.id, reason, wait=wait)
-        else:
-            done = await manager.finish_queued(run.id, reason)
-        cancelled = int(done)
+        descendants = await manager.store.active_descendants(run.id)
+        # Every cancel is asked for before any is waited for: a parent's end cancels its
+        # subruns too, and a subrun that ended that way still counts as cancelled here.
+        cancelled = int(await _cancel_one(manager, run.id, reason))
+        if cancelled:
+            for child_id in descendants:
+                cancelled += int(await _cancel_one(manager, child_id,
+                                                   "the parent run was cancelled"))
+        if wait:
+            await manager.wait_ended([run.id, *descendants])
     async with manager.database.read() as db:
         current = await db.get(Run, run.id)
     if current is None:
@@ -131,3 +143,23 @@ async def decide_approvals(manager: RunManager, principal: Principal, run_id: st
     return await resume.answer(manager, run_id, "approve_tool_calls",
                                waits.approval_answers(decisions, principal.subject),
                                can_see=principal.can_see)
+
+
+async def _cancel_one(manager: RunManager, run_id: str, reason: str) -> bool:
+    if manager.is_running_here(run_id):
+        return await manager.cancel(run_id, reason, wait=False)
+    return await manager.finish_queued(run_id, reason)
+
+
+async def steer_run(manager: RunManager, principal: Principal, run_id: str,
+                    body: RunInputCreate) -> Any:
+    """Queue user input into the run (delivered at its next turn boundary); the run."""
+    messages = ([{"role": "user", "content": body.input}] if isinstance(body.input, str)
+                else [m.model_dump(mode="json", exclude_none=True) for m in body.input])
+    try:
+        run = await manager.writer.submit(steer_write(run_id, messages, principal.can_see))
+    except StorageFailed as failure:
+        raise Unavailable(f"the input could not be stored: {failure.detail}",
+                          headers={"Retry-After": "1"}) from None
+    manager.steer(run_id)
+    return as_run(vars(run))

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel, col, select
 
-from app.clock import utcnow
+from app.clock import rfc3339, utcnow
 from app.events.types import envelope
 from app.providers.base import Usage
 from app.rules import message_view, open_calls_after, session_status
@@ -76,6 +76,9 @@ class Ended:
     next_run_id: str | None
     closing: list[dict[str, Any]] = field(default_factory=list)
     """Events of the open tool calls the end answered, before `event`."""
+    continued: bool = False
+    """Steering input arrived as the run was ending: `event` is its `run.input`, and the run
+    is `queued` to go on instead of ending."""
 
 
 class StateChanged(Exception):
@@ -186,6 +189,19 @@ class RunStore:
             result = await (await db.connection()).execute(query, self._clock())
             return list(result.scalars())
 
+    async def active_descendants(self, run_id: str) -> list[str]:
+        """The unfinished subruns of `run_id`, their subruns and so on, parents first."""
+        found: list[str] = []
+        frontier = [run_id]
+        async with self.database.read() as db:
+            connection = await db.connection()
+            while frontier:
+                query = sa.select(RUNS.c.id).where(RUNS.c.parent_run_id.in_(frontier),
+                                                   RUNS.c.status.in_(ACTIVE_STATUSES))
+                frontier = list((await connection.execute(query)).scalars())
+                found.extend(frontier)
+        return found
+
     async def expired_waits(self) -> list[tuple[str, str]]:
         """`(run_id, kind)` of the waits whose `expires_at` passed, oldest first."""
         query = (sa.select(RUNS.c.id, RUNS.c.waiting)
@@ -257,15 +273,18 @@ class RunStore:
 
     async def append_messages(
         self, session_id: str, run_id: str, messages: list[dict[str, Any]], tally: Tally,
+        changes: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Append `messages` to the session, storing the run's `tally` with them."""
+        """Append `messages` to the session, storing the run's `tally` (and other `changes`
+        of the session) with them."""
         counters = tally.take()
         now = utcnow()
 
         def append(connection: Connection) -> list[dict[str, Any]]:
             session = locked_session(connection, session_id)
             assert session is not None
-            return add_messages(connection, session, run_id, messages, now, counters)
+            return add_messages(connection, session, run_id, messages, now, counters,
+                                also=changes)
 
         return await self.writer.submit(append, run_id=run_id)
 
@@ -305,10 +324,31 @@ class RunStore:
 
         return await self.writer.submit(wait, run_id=run_id)
 
+    async def take_input(self, run_id: str, session_id: str, seq: int,
+                         tally: Tally) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """Deliver the run's steering input: append it to the session with its `run.input`
+        event (numbered `seq`); None when there is none."""
+        counters = tally.take()
+        now = utcnow()
+
+        def take(connection: Connection) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+            run = record(connection.execute(self._run_to_end,
+                                            {"_id": run_id, **self._clock()}).first())
+            if run is None or not run.pending_input:
+                if counters:
+                    update_by_id(connection, SESSIONS, session_id, {}, counters)
+                return None
+            run.last_seq = seq - 1
+            event = deliver_input(connection, run, now, counters)
+            return list(event["data"]["messages"]), event
+
+        return await self.writer.submit(take, run_id=run_id)
+
     async def finish(
         self, run_id: str, status: str, type_: str, data: dict[str, Any], *,
         seq: int | None = None, expect: Callable[[Any], bool] | None = None,
-        tally: Tally | None = None, after_failure: bool = False, **fields: Any,
+        tally: Tally | None = None, after_failure: bool = False, steerable: bool = False,
+        **fields: Any,
     ) -> Ended:
         """Record the run's end with its terminal event and free its session.
 
@@ -329,10 +369,25 @@ class RunStore:
             run = record(row)
             if run.status not in ACTIVE_STATUSES or (expect is not None and not expect(run)):
                 raise StateChanged(run_id)
-            closing: list[dict[str, Any]] = []
-            if seq is None and run.waiting is not None:
-                closing = close_wait(connection, run, data.get("reason") or status, now)
             event_seq = seq if seq is not None else run.last_seq + 1
+            stored_counters = counters
+            closing: list[dict[str, Any]] = []
+            if run.pending_input and status == "completed":
+                # Input came as the run was ending: it is delivered, not lost (§4.3); with
+                # `steerable` the run goes on for one more turn instead of ending.
+                run.last_seq = event_seq - 1
+                delivered = deliver_input(connection, run, now, stored_counters)
+                if steerable:
+                    update_by_id(connection, RUNS, run_id, {
+                        "status": "queued", "waiting": {"kind": "input"},
+                        "executor_id": self.executor_id})
+                    return Ended(run, delivered, None, [], continued=True)
+                stored_counters = None
+                closing.append(delivered)
+                event_seq = run.last_seq + 1
+            elif seq is None and run.waiting is not None:
+                closing = close_wait(connection, run, data.get("reason") or status, now)
+                event_seq = run.last_seq + 1
             event = envelope(type_, event_seq, run_id, run.session_id, now, data)
             connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": event_seq,
                                                 "type": type_, "data": data, "ts": now})
@@ -350,8 +405,8 @@ class RunStore:
                         q.NEXT_QUEUED, {"_id": session.id, "after": run_id}).scalar()
                     changes.update(active_run_id=next_run_id, updated_at=now,
                                    status=session_status(next_run_id, session.open_tool_calls))
-                if changes or counters:
-                    update_by_id(connection, SESSIONS, session.id, changes, counters)
+                if changes or stored_counters:
+                    update_by_id(connection, SESSIONS, session.id, changes, stored_counters)
             return Ended(run, event, next_run_id, closing)
 
         return await self.writer.submit(end, run_id=run_id, last=after_failure)
@@ -437,3 +492,19 @@ def close_wait(connection: Connection, run: Any, reason: str,
         events.append(envelope(type_, run.last_seq, run.id, run.session_id, now, data))
     add_messages(connection, session, run.id, messages, now, None)
     return events
+
+
+def deliver_input(connection: Connection, run: Any, now: datetime,
+                  counters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Append the run's steering input to its session, with a `run.input` event numbered
+    after `run.last_seq` (which is advanced); returns the event."""
+    session = locked_session(connection, run.session_id)
+    stored = add_messages(connection, session, run.id, run.pending_input, now, counters)
+    messages = [{"seq": m["seq"], "role": m["role"], "content": m["content"],
+                 "run_id": run.id, "created_at": rfc3339(now)} for m in stored]
+    run.last_seq += 1
+    data = {"messages": messages}
+    connection.execute(q.INSERT_EVENT, {"run_id": run.id, "seq": run.last_seq,
+                                        "type": "run.input", "data": data, "ts": now})
+    update_by_id(connection, RUNS, run.id, {"pending_input": [], "last_seq": run.last_seq})
+    return envelope("run.input", run.last_seq, run.id, run.session_id, now, data)

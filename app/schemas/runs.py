@@ -121,7 +121,11 @@ class RunOverrides(RequestModel):
 class RunCreate(RequestModel):
     input: RunInput = ""
     stream: bool = False
-    if_busy: Literal["reject", "enqueue", "interrupt"] = "reject"
+    if_busy: Literal["reject", "enqueue", "interrupt", "steer"] = Field(
+        default="reject", description="when the session has an unfinished run: `reject` "
+        "(409), `enqueue` (run after it), `interrupt` (cancel it), `steer` (no new run: the "
+        "input goes to the active run at its next turn boundary, and the answer is that run, "
+        "200)")
     on_pending: Literal["reject", "resume", "abort"] = "reject"
     on_disconnect: Literal["continue", "cancel"] = "continue"
     overrides: RunOverrides = Field(default_factory=RunOverrides)
@@ -187,3 +191,51 @@ class Approvals(RequestModel):
     once every call is decided."""
 
     decisions: Annotated[list[ApprovalDecision], Field(min_length=1, max_length=128)]
+
+
+class BatchCreate(RequestModel):
+    """Up to 32 runs, each in a new session of its `agent`."""
+
+    runs: Annotated[list[OneShotRunCreate], Field(min_length=1, max_length=32)]
+    mode: Literal["join", "detach"] = Field(
+        default="join", description="`join`: answer once every run ended (or `timeout_ms` "
+        "passed) with a row per run; `detach`: answer at once with the runs")
+    timeout_ms: int = Field(default=60_000, ge=1, le=300_000,
+                            description="`join`: how long to wait for the runs to end")
+
+    @model_validator(mode="after")
+    def _no_streams(self) -> BatchCreate:
+        for index, run in enumerate(self.runs):
+            if run.stream:
+                raise ValueError(f"runs[{index}]: a batch run cannot stream; follow it with "
+                                 "GET /v1/runs/{run_id}/events")
+        return self
+
+
+class BatchResult(ResponseModel):
+    """One run of a `join` batch, at the index of its request; a failure stays in its row."""
+
+    index: int
+    run_id: str
+    session_id: str
+    status: RunStatus
+    stop_reason: Literal["end_turn", "max_turns", "max_tokens"] | None
+    output: str | None
+    usage: RunUsage
+    error: RunError | None
+
+
+class BatchJoined(ResponseModel):
+    results: list[BatchResult]
+
+
+class BatchDetached(ResponseModel):
+    runs: list[Run]
+
+
+class RunInputCreate(RequestModel):
+    """User input for an unfinished run, delivered at its next turn boundary."""
+
+    input: Annotated[str, Field(min_length=1)] | Annotated[
+        list[InputMessage], Field(min_length=1, max_length=256)] = Field(
+        description="text (one user message) or a list of user/system messages")

@@ -46,6 +46,11 @@ class SessionUsage(ResponseModel):
     total_tokens: int = 0
 
 
+class Todo(ResponseModel):
+    content: str
+    status: Literal["pending", "in_progress", "done"]
+
+
 class Session(ResponseModel):
     id: str = Field(examples=["ses_Yx2m9Qa0cB7dE4fG5hJ6"])
     agent: str
@@ -57,6 +62,8 @@ class Session(ResponseModel):
     parent_session_id: str | None
     parent_run_id: str | None
     message_count: int
+    todos: list[Todo] = Field(default_factory=list,
+                              description="the todo list the agent keeps with `todo_write`")
     usage: SessionUsage
     created_at: Timestamp
     updated_at: Timestamp

@@ -61,19 +61,17 @@ async def check_tool_urls(tools: Sequence[Any], settings: Settings) -> None:
 
     It resolves host names (up to 2 s each), so callers run it before taking any lock.
     """
-    if settings.allow_private_urls:
-        return
     for index, tool in enumerate(tools):
         field = "url" if isinstance(tool, HttpTool) else "server_url"
         url = getattr(tool, field, None)
         if url is None:
             continue
         try:
-            await check_public_url(str(url))
+            await check_public_url(str(url), settings.allow_private_urls)
         except PrivateUrl as exc:
             raise ValidationFailed.at(
                 ["body", "tools", index, field],
-                f"{exc} (set LOOMD_ALLOW_PRIVATE_URLS=true to allow private addresses)",
+                str(exc),
                 "private_url",
             ) from exc
 

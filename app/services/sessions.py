@@ -28,7 +28,7 @@ def session_view(session: Session) -> dict[str, Any]:
         "title": session.title, "metadata": session.meta, "status": session.status,
         "active_run_id": session.active_run_id,
         "parent_session_id": session.parent_session_id, "parent_run_id": session.parent_run_id,
-        "message_count": session.message_count,
+        "message_count": session.message_count, "todos": session.todos,
         "usage": {"prompt_tokens": session.prompt_tokens,
                   "completion_tokens": session.completion_tokens,
                   "total_tokens": session.total_tokens},

@@ -17,14 +17,13 @@ from typing import Any
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
-from pydantic import TypeAdapter
 
 from app.providers.base import ToolDef
-from app.schemas.tools import AgentTool, BuiltinTool, ClientTool, HttpTool, McpTool, ToolSpec
+from app.schemas.tools import McpTool
 from app.tools.arithmetic import format_number
 from app.tools.base import Tool, ToolContext, ToolResult
-from app.tools.builtins import BUILTINS
-from app.tools.stubs import AGENT_TOOL_PARAMETERS, EMPTY_PARAMETERS, ClientSideTool, UnavailableTool
+from app.tools.client_tool import ClientSideTool
+from app.tools.specs import parse_spec, tool_of
 
 logger = logging.getLogger("loomd.tools")
 
@@ -34,8 +33,6 @@ MAX_MESSAGE_CHARS = 500
 
 PendingCall = tuple[str, str, str]
 """`(tool_call_id, name, arguments_json)` as the model sent it."""
-
-_SPEC = TypeAdapter[Any](ToolSpec)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -74,13 +71,16 @@ class ToolRunner:
     def from_specs(
         cls, specs: Iterable[Mapping[str, Any]], only: Collection[str] | None = None,
     ) -> ToolRunner:
-        """Build from an agent's `config["tools"]`; `only` keeps just those names.
+        """Build from an agent's `config["tools"]` without reaching any service; `only`
+        keeps just those names. For the tools' schemas (checking arguments) and for tests:
+        runs build theirs with `app.runs.tools.build_tools`.
 
-        Client tools are listed for the model but run by the API client. HTTP and agent
-        tools are listed but answer with an error until they are implemented; MCP tools are
-        skipped (their names come from the server). Raises `ValueError` on a malformed spec.
+        MCP tools are skipped (their names come from the server); `http` tools have no
+        secret and `agent` tools cannot start subruns. Raises `ValueError` on a malformed
+        spec.
         """
-        tools = [tool for spec in specs if (tool := _tool_from_spec(spec)) is not None]
+        parsed = [parse_spec(spec) for spec in specs]
+        tools = [tool_of(spec) for spec in parsed if not isinstance(spec, McpTool)]
         if only is not None:
             wanted = set(only)
             tools = [tool for tool in tools if tool.name in wanted]
@@ -172,32 +172,6 @@ class ToolRunner:
         if len(errors) > MAX_SCHEMA_PROBLEMS:
             problems.append(f"and {len(errors) - MAX_SCHEMA_PROBLEMS} more")
         return f"invalid arguments for {name!r}: " + "; ".join(problems)
-
-
-def _tool_from_spec(raw: Mapping[str, Any]) -> Tool | None:
-    spec = _SPEC.validate_python(raw)
-    if isinstance(spec, BuiltinTool):
-        factory = BUILTINS.get(spec.name)
-        if factory is None:
-            return UnavailableTool(spec.name, "", EMPTY_PARAMETERS,
-                                   f"builtin tool {spec.name!r} is not available in this version")
-        return factory()
-    if isinstance(spec, ClientTool):
-        return ClientSideTool(spec.name, spec.description or "", spec.parameters)
-    if isinstance(spec, HttpTool):
-        return UnavailableTool(spec.name, spec.description or "", spec.parameters,
-                               _unavailable_type("http"))
-    if isinstance(spec, AgentTool):
-        description = spec.description or f"Delegate a task to the agent {spec.agent!r}."
-        return UnavailableTool(spec.name, description, AGENT_TOOL_PARAMETERS,
-                               _unavailable_type("agent"))
-    if isinstance(spec, McpTool):
-        return None
-    raise ValueError(f"unsupported tool spec: {raw!r}")
-
-
-def _unavailable_type(kind: str) -> str:
-    return f"tool type {kind!r} is not available in this version"
 
 
 def _parse_arguments(arguments_json: str) -> dict[str, Any] | ToolResult:

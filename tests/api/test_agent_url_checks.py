@@ -20,7 +20,7 @@ class SlowResolver:
         self.entered = asyncio.Event()
         self._released = asyncio.Event()
 
-    async def __call__(self, url: str) -> None:
+    async def __call__(self, url: str, allowed: object = None) -> None:
         self.entered.set()
         await self._released.wait()
 

@@ -21,11 +21,13 @@ from tests.problems import assert_problem
 RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 SESSION_KEYS = {
     "id", "agent", "owner", "title", "metadata", "status", "active_run_id",
-    "parent_session_id", "parent_run_id", "message_count", "usage", "created_at", "updated_at",
+    "parent_session_id", "parent_run_id", "message_count", "todos", "usage", "created_at",
+    "updated_at",
 }
 RUN_KEYS = {
     "id", "session_id", "agent", "agent_version", "owner", "status", "stop_reason", "error",
-    "output", "turns", "usage", "required_action", "parent_run_id", "last_seq", "metadata",
+    "output", "turns", "usage", "required_action", "approvals", "parent_run_id", "last_seq",
+    "metadata",
     "created_at", "started_at", "ended_at",
 }
 CALL = {"id": "call_1", "type": "function",

@@ -309,11 +309,12 @@ class TestToolCallFailure:
 
         async def refuse_once(self: RunStore, session_id: str, run_id: str,
                               messages: list[dict[str, Any]], tally: Tally,
+                              changes: dict[str, Any] | None = None,
                               ) -> list[dict[str, Any]]:
             if not refused and any(m.get("tool_call_id") == "call_0_0" for m in messages):
                 refused.append("call_0_0")
                 raise RuntimeError("the result cannot be stored")
-            return await original(self, session_id, run_id, messages, tally)
+            return await original(self, session_id, run_id, messages, tally, changes)
 
         monkeypatch.setattr(RunStore, "append_messages", refuse_once)
         nap = ("sleep", {"seconds": 1})

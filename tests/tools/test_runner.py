@@ -228,20 +228,21 @@ class TestFromSpecs:
         assert result.is_error
         assert "runs on the client" in result.output
 
-    @pytest.mark.parametrize(("name", "arguments", "kind"), [
-        ("lookup_order", '{"id": "o1"}', "http"), ("researcher", '{"input": "hi"}', "agent")])
-    async def test_types_not_yet_available_answer_with_an_error(self, name, arguments, kind):
+    async def test_without_their_services_http_and_agent_tools_say_so(self):
         runner = ToolRunner.from_specs(MIXED_SPECS)
-        result = await runner.run(name, arguments, context())
-        assert result == ToolResult(f"tool type '{kind}' is not available in this version",
-                                    is_error=True)
+        lookup = await runner.run("lookup_order", '{"id": "o1"}', context())
+        assert lookup.is_error and "tool secret" in lookup.output
+        research = await runner.run("researcher", '{"input": "hi"}', context())
+        assert research == ToolResult("the subagent 'researcher' cannot run here",
+                                      is_error=True)
 
-    async def test_builtins_not_yet_available_answer_with_an_error(self):
+    async def test_todo_write_keeps_the_new_list_for_the_caller(self):
         runner = ToolRunner.from_specs([{"type": "builtin", "name": "todo_write"}])
-        assert runner.names == ["todo_write"]
-        result = await runner.run("todo_write", "{}", context())
-        assert result.is_error
-        assert "not available in this version" in result.output
+        call_context = context()
+        items = [{"content": "ship it", "status": "pending"}]
+        result = await runner.run("todo_write", json.dumps({"items": items}), call_context)
+        assert not result.is_error and "[pending] ship it" in result.output
+        assert call_context.state["todos"] == items
 
     async def test_only_narrows_the_set(self):
         only = ["current_time", "read_local_file", "nope"]

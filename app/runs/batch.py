@@ -1,0 +1,69 @@
+"""`POST /v1/runs/batch` (§4.3): up to 32 runs, each in a new session, joined or detached."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlmodel import col, select
+
+from app.auth import Principal
+from app.errors import NotFound
+from app.runs.manager import RunManager
+from app.runs.service import Started, start_run
+from app.runs.subruns import ended_run
+from app.schemas.runs import BatchCreate, RunCreate
+from app.schemas.sessions import SessionCreate
+from app.store.tables import Agent, Run
+
+PATH = "/v1/runs/batch"
+
+
+async def start_batch(manager: RunManager, principal: Principal,
+                      body: BatchCreate) -> tuple[list[Any], bool]:
+    """Start every run; with `join`, wait for their ends (or the timeout). Returns the runs
+    (their rows, in request order) and whether the batch was joined.
+
+    Every agent is checked first, so a missing one refuses the batch before any run exists.
+    """
+    await _check_agents(manager, principal, [run.agent for run in body.runs])
+    join = body.mode == "join"
+    started: list[Started] = []
+    try:
+        for run in body.runs:
+            child = RunCreate.model_validate(
+                run.model_dump(exclude={"agent", "session"}, exclude_unset=True))
+            started.append(await start_run(
+                manager, principal, child, path=PATH, follow=join,
+                new_session=SessionCreate(agent=run.agent, title=run.session.title,
+                                          metadata=run.session.metadata)))
+    except BaseException:
+        for done in started:
+            if done.fresh is not None:
+                manager.bus.unsubscribe(done.fresh.subscription)
+        raise
+    if not join:
+        return [s.run for s in started], False
+    waits = [asyncio.ensure_future(ended_run(manager, s.run.id, s.fresh)) for s in started]
+    _, pending = await asyncio.wait(waits, timeout=body.timeout_ms / 1000)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    rows: list[Any] = []
+    async with manager.database.read() as db:
+        for s, task in zip(started, waits, strict=True):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                rows.append(task.result())
+            else:  # still going when the time was up: as it is now
+                rows.append(await db.get(Run, s.run.id))
+    return rows, True
+
+
+async def _check_agents(manager: RunManager, principal: Principal, names: list[str]) -> None:
+    async with manager.database.read() as db:
+        query = select(Agent.name).where(Agent.owner == principal.subject,
+                                         col(Agent.name).in_(set(names)))
+        known = set((await db.exec(query)).all())
+    for index, name in enumerate(names):
+        if name not in known:
+            raise NotFound(f"runs[{index}]: agent {name!r} not found")

@@ -1,0 +1,91 @@
+"""Steering: input queued into an unfinished run (`POST /v1/runs/{id}/input`,
+`if_busy: "steer"`), delivered at its next turn boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.runs.helpers import SLEEP, Api, assert_gapless, assert_problem, calls, step, types
+
+
+def conversation(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    return [(m["role"], m["content"]) for m in messages]
+
+
+class TestSteering:
+    async def test_input_is_delivered_at_the_next_turn_boundary(self, alice: Api):
+        await alice.agent("napper", [calls(("sleep", {"seconds": 0.5})), step("done")],
+                          tools=[SLEEP])
+        session_id = await alice.session("napper")
+        run = await alice.start(session_id, "nap")
+        await alice.until(run["id"], "tool.started")
+        response = await alice.client.post(f"/v1/runs/{run['id']}/input",
+                                           json={"input": "and then tidy up"})
+        assert response.status_code == 202, response.text
+        assert response.json()["id"] == run["id"]
+
+        done = await alice.wait(run["id"])
+        assert done["status"] == "completed" and done["output"] == "done"
+        roles = [role for role, _ in conversation(await alice.messages(session_id))]
+        assert roles == ["user", "assistant", "tool", "user", "assistant"]
+        assert conversation(await alice.messages(session_id))[3] == (
+            "user", "and then tidy up")
+        events = await alice.events(run["id"])
+        assert_gapless(events)
+        kinds = types(events)
+        delivered = kinds.index("run.input")
+        assert kinds[delivered - 1] == "turn.completed"
+        assert kinds[delivered + 1] == "turn.started"
+        (event,) = [e for e in events if e["type"] == "run.input"]
+        assert event["data"]["messages"][0]["content"] == "and then tidy up"
+
+    async def test_input_after_the_final_answer_starts_one_more_turn(self, alice: Api):
+        await alice.agent("slow", [step("first answer", delay_ms=400), step("second answer")])
+        session_id = await alice.session("slow")
+        run = await alice.start(session_id, "hello")
+        await alice.until(run["id"], "turn.started")
+        response = await alice.client.post(f"/v1/runs/{run['id']}/input", json={
+            "input": [{"role": "user", "content": "one more thing"}]})
+        assert response.status_code == 202, response.text
+        done = await alice.wait(run["id"])
+        assert done["status"] == "completed" and done["output"] == "second answer"
+        assert done["turns"] == 2
+        assert conversation(await alice.messages(session_id)) == [
+            ("user", "hello"), ("assistant", "first answer"), ("user", "one more thing"),
+            ("assistant", "second answer")]
+        assert_gapless(await alice.events(run["id"]))
+
+    async def test_if_busy_steer_gives_the_input_to_the_active_run(self, alice: Api):
+        await alice.agent("napper", [calls(("sleep", {"seconds": 0.5})), step("done")],
+                          tools=[SLEEP])
+        session_id = await alice.session("napper")
+        run = await alice.start(session_id, "nap")
+        await alice.until(run["id"], "tool.started")
+        response = await alice.post_run(session_id, "steered in", if_busy="steer")
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == run["id"]
+        await alice.wait(run["id"])
+        contents = [content for _, content in conversation(await alice.messages(session_id))]
+        assert "steered in" in contents
+        listed = await alice.client.get("/v1/runs", params={"session_id": session_id})
+        assert len(listed.json()["items"]) == 1
+
+    async def test_if_busy_steer_on_an_idle_session_starts_a_run(self, alice: Api):
+        await alice.agent("plain", [step("hi")])
+        session_id = await alice.session("plain")
+        response = await alice.post_run(session_id, "hello", if_busy="steer")
+        assert response.status_code == 202, response.text
+
+    async def test_a_finished_run_gets_409(self, alice: Api):
+        await alice.agent("plain", [step("hi")])
+        run = await alice.wait((await alice.start(await alice.session("plain")))["id"])
+        response = await alice.client.post(f"/v1/runs/{run['id']}/input",
+                                           json={"input": "late"})
+        assert_problem(response, 409, "run_finished")
+
+    async def test_empty_input_gets_422(self, alice: Api):
+        await alice.agent("plain", [step("hi")])
+        run = await alice.wait((await alice.start(await alice.session("plain")))["id"])
+        for body in ({"input": ""}, {"input": []}, {}):
+            response = await alice.client.post(f"/v1/runs/{run['id']}/input", json=body)
+            assert_problem(response, 422, "validation_error")
