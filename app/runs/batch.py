@@ -8,12 +8,13 @@ from typing import Any
 from sqlmodel import col, select
 
 from app.auth import Principal
-from app.errors import NotFound
+from app.errors import NotFound, ValidationFailed
 from app.runs.manager import RunManager
 from app.runs.service import Started, start_run
 from app.runs.subruns import ended_run
 from app.schemas.runs import BatchCreate, RunCreate
 from app.schemas.sessions import SessionCreate
+from app.services.runs import resolved_config
 from app.store.tables import Agent, Run
 
 PATH = "/v1/runs/batch"
@@ -24,9 +25,10 @@ async def start_batch(manager: RunManager, principal: Principal,
     """Start every run; with `join`, wait for their ends (or the timeout). Returns the runs
     (their rows, in request order) and whether the batch was joined.
 
-    Every agent is checked first, so a missing one refuses the batch before any run exists.
+    Every run is checked first (its agent, overrides and provider), so a run that would be
+    refused refuses the batch before any run exists.
     """
-    await _check_agents(manager, principal, [run.agent for run in body.runs])
+    await _check_runs(manager, principal, body)
     join = body.mode == "join"
     started: list[Started] = []
     try:
@@ -59,11 +61,25 @@ async def start_batch(manager: RunManager, principal: Principal,
     return rows, True
 
 
-async def _check_agents(manager: RunManager, principal: Principal, names: list[str]) -> None:
+async def _check_runs(manager: RunManager, principal: Principal, body: BatchCreate) -> None:
+    """Refuse the batch, before any run exists, when a run of it would be refused."""
+    names = {run.agent for run in body.runs}
     async with manager.database.read() as db:
-        query = select(Agent.name).where(Agent.owner == principal.subject,
-                                         col(Agent.name).in_(set(names)))
-        known = set((await db.exec(query)).all())
-    for index, name in enumerate(names):
-        if name not in known:
-            raise NotFound(f"runs[{index}]: agent {name!r} not found")
+        query = select(Agent).where(Agent.owner == principal.subject,
+                                    col(Agent.name).in_(names))
+        agents = {agent.name: agent for agent in (await db.exec(query)).all()}
+    providers = manager.settings.provider_names()
+    for index, run in enumerate(body.runs):
+        agent = agents.get(run.agent)
+        if agent is None:
+            raise NotFound(f"runs[{index}]: agent {run.agent!r} not found")
+        try:
+            config = resolved_config(agent.config, run)
+        except ValidationFailed as failure:
+            errors = [{**error, "loc": ["body", "runs", index, *error["loc"][1:]]}
+                      for error in failure.extra["errors"]]
+            raise ValidationFailed(f"runs[{index}]: {failure.detail}", errors) from None
+        provider = config["model"].split(":", 1)[0]
+        if provider not in providers:
+            raise ValidationFailed.at(["body", "runs", index, "overrides", "model"],
+                                      f"unknown provider {provider!r}")

@@ -37,3 +37,6 @@ def test_readme_walk_through_runs_verbatim_in_open_mode(empty_database_url: str,
     assert "event: run.completed" in result.stdout
     assert '"output":"Hello! How can I help?"' in result.stdout
     assert '"status":"completed"' in result.stdout
+    assert '"type":"approve_tool_calls"' in result.stderr
+    assert '"decided_by":"alice"' in result.stdout
+    assert '"output":"19 * 23 = 437."' in result.stdout

@@ -164,6 +164,16 @@ class TestBatch:
         listed = await alice.client.get("/v1/runs", params={"agent": "ok"})
         assert listed.json()["items"] == []
 
+    async def test_a_run_with_bad_overrides_refuses_the_batch(self, alice: Api):
+        await alice.agent("ok", [step("fine")])
+        response = await alice.client.post("/v1/runs/batch", json={"runs": [
+            {"agent": "ok", "input": "x"},
+            {"agent": "ok", "input": "y", "overrides": {"tools": ["nope"]}}]})
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", "runs", 1, "overrides", "tools"]
+        listed = await alice.client.get("/v1/runs", params={"agent": "ok"})
+        assert listed.json()["items"] == []
+
     @pytest.mark.parametrize("body", [{"runs": []}, {"runs": [{"agent": "ok"}] * 33},
                                       {"runs": [{"agent": "ok", "input": "x",
                                                  "stream": True}]}])
