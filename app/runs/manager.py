@@ -448,6 +448,8 @@ class RunManager:
 
     async def _end_unstarted(self, host: RunHost, stop: _Stop) -> None:
         try:
+            # A run resumed after a wait has calls open (those it was about to run).
+            await self._close_open_calls(host, f"<cancelled: {stop.reason}>")
             await self._end(host, stop.status, {"reason": stop.reason})
         except StorageFailed as failure:
             await self._end_after_failure(host, failure)

@@ -424,3 +424,33 @@ class TestPolicy:
         # One at a time: every start follows the previous call's completion.
         assert [e["type"] for e in events] == ["tool.started", "tool.completed"] * 4
         assert json.dumps(run["status"]) == '"completed"'
+
+
+class TestRestart:
+    async def test_a_wait_outlives_the_process_and_is_answered_after_it(self, database_url):
+        import httpx
+
+        from tests.conftest import ADMIN_TOKEN
+        from tests.runs.conftest import running_app
+
+        def client_of(app) -> httpx.AsyncClient:
+            return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://loomd",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+        async with running_app(database_url) as first, client_of(first) as client:
+            api = Api(client)
+            await api.agent("reader", [calls(("read_file", {"path": "/a"})), step("read")],
+                            tools=[READ_FILE])
+            session_id = await api.session("reader")
+            run = await waiting(api, (await api.start(session_id))["id"])
+        async with running_app(database_url) as second, client_of(second) as client:
+            api = Api(client)
+            assert (await api.get_run(run["id"]))["status"] == "requires_action"
+            call_id = run["required_action"]["tool_calls"][0]["id"]
+            response = await client.post(f"/v1/runs/{run['id']}/tool-outputs", json={
+                "outputs": [{"tool_call_id": call_id, "output": "contents"}]})
+            assert response.status_code == 200, response.text
+            done = await api.wait(run["id"])
+            assert done["status"] == "completed" and done["output"] == "read"
+            assert_gapless(await api.events(run["id"]))
