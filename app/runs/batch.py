@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from app.auth import Principal
 from app.errors import NotFound, ValidationFailed
 from app.runs.manager import RunManager
-from app.runs.service import Started, start_run
+from app.runs.service import Started, cancel_started, start_run
 from app.runs.subruns import ended_run
 from app.schemas.runs import BatchCreate, RunCreate
 from app.schemas.sessions import SessionCreate
@@ -30,20 +30,26 @@ async def start_batch(manager: RunManager, principal: Principal,
     """
     await _check_runs(manager, principal, body)
     join = body.mode == "join"
-    started: list[Started] = []
-    try:
-        for run in body.runs:
-            child = RunCreate.model_validate(
-                run.model_dump(exclude={"agent", "session"}, exclude_unset=True))
-            started.append(await start_run(
-                manager, principal, child, path=PATH, follow=join,
-                new_session=SessionCreate(agent=run.agent, title=run.session.title,
-                                          metadata=run.session.metadata)))
-    except BaseException:
+
+    async def start(run: Any) -> Started:
+        child = RunCreate.model_validate(
+            run.model_dump(exclude={"agent", "session"}, exclude_unset=True))
+        return await start_run(
+            manager, principal, child, path=PATH, follow=join,
+            new_session=SessionCreate(agent=run.agent, title=run.session.title,
+                                      metadata=run.session.metadata))
+
+    # Created together, so the writer commits the creations in a few group commits.
+    outcomes = await asyncio.gather(*(start(run) for run in body.runs),
+                                    return_exceptions=True)
+    started = [o for o in outcomes if isinstance(o, Started)]
+    failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+    if failure is not None:  # the batch is refused whole: the runs it started end
         for done in started:
             if done.fresh is not None:
                 manager.bus.unsubscribe(done.fresh.subscription)
-        raise
+            await cancel_started(manager, done.run.id, "the batch was refused")
+        raise failure
     if not join:
         return [s.run for s in started], False
     waits = [asyncio.ensure_future(ended_run(manager, s.run.id, s.fresh)) for s in started]

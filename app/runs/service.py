@@ -114,10 +114,10 @@ async def cancel_run(manager: RunManager, run: Run, reason: str, wait: bool) -> 
         descendants = await manager.store.active_descendants(run.id)
         # Every cancel is asked for before any is waited for: a parent's end cancels its
         # subruns too, and a subrun that ended that way still counts as cancelled here.
-        cancelled = int(await _cancel_one(manager, run.id, reason))
+        cancelled = int(await cancel_started(manager, run.id, reason))
         if cancelled:
             for child_id in descendants:
-                cancelled += int(await _cancel_one(manager, child_id,
+                cancelled += int(await cancel_started(manager, child_id,
                                                    "the parent run was cancelled"))
         if wait:
             await manager.wait_ended([run.id, *descendants])
@@ -145,7 +145,9 @@ async def decide_approvals(manager: RunManager, principal: Principal, run_id: st
                                can_see=principal.can_see)
 
 
-async def _cancel_one(manager: RunManager, run_id: str, reason: str) -> bool:
+async def cancel_started(manager: RunManager, run_id: str, reason: str) -> bool:
+    """Ask for the run's cancellation wherever it is (without waiting for it); whether it
+    was still active."""
     if manager.is_running_here(run_id):
         return await manager.cancel(run_id, reason, wait=False)
     return await manager.finish_queued(run_id, reason)

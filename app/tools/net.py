@@ -12,8 +12,10 @@ the address; cloud metadata addresses and names are refused whatever it says.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,6 +238,17 @@ def _default_port(url: httpx2.URL) -> int:
     return url.port or (443 if url.scheme == "https" else 80)
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every outbound connection: building one reads the
+    system's certificates, which costs tens of milliseconds."""
+    return httpx2.create_ssl_context()
+
+
+def _transport() -> httpx2.AsyncBaseTransport:
+    return httpx2.AsyncHTTPTransport(verify=_ssl_context())
+
+
 class GuardedTransport(httpx2.AsyncBaseTransport):
     """Sends each request to an address `policy` checked, with the original Host and SNI.
 
@@ -249,7 +262,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
     ) -> None:
         self.policy = policy
         self._resolve = resolver or system_resolver
-        self._connect = connect or httpx2.AsyncHTTPTransport
+        self._connect = connect or _transport
         self._transports: dict[str, httpx2.AsyncBaseTransport] = {}
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -310,10 +323,12 @@ def client(
         timeout=timeout_s, trust_env=False, headers=headers, **options)
 
 
+@functools.lru_cache(maxsize=1024)
 def mcp_client_factory(
     policy: HostPolicy, *, resolver: Resolver | None = None,
 ) -> Callable[..., httpx2.AsyncClient]:
-    """An `httpx_client_factory` for the `mcp` SDK's transports, guarded by `policy`.
+    """An `httpx_client_factory` for the `mcp` SDK's transports, guarded by `policy`; the
+    same one for equal policies, so runs with the same reach share MCP connections.
 
     `mcp.client.streamable_http.streamable_http_client(url, http_client=factory(headers))`,
     or `mcp.client.sse.sse_client(url, httpx_client_factory=factory)`. Timeouts default to

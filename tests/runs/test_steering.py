@@ -14,7 +14,7 @@ def conversation(messages: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 
 class TestSteering:
     async def test_input_is_delivered_at_the_next_turn_boundary(self, alice: Api):
-        await alice.agent("napper", [calls(("sleep", {"seconds": 0.5})), step("done")],
+        await alice.agent("napper", [calls(("sleep", {"seconds": 3})), step("done")],
                           tools=[SLEEP])
         session_id = await alice.session("napper")
         run = await alice.start(session_id, "nap")
@@ -40,7 +40,7 @@ class TestSteering:
         assert event["data"]["messages"][0]["content"] == "and then tidy up"
 
     async def test_input_after_the_final_answer_starts_one_more_turn(self, alice: Api):
-        await alice.agent("slow", [step("first answer", delay_ms=400), step("second answer")])
+        await alice.agent("slow", [step("first answer", delay_ms=2000), step("second answer")])
         session_id = await alice.session("slow")
         run = await alice.start(session_id, "hello")
         await alice.until(run["id"], "turn.started")
@@ -56,7 +56,7 @@ class TestSteering:
         assert_gapless(await alice.events(run["id"]))
 
     async def test_if_busy_steer_gives_the_input_to_the_active_run(self, alice: Api):
-        await alice.agent("napper", [calls(("sleep", {"seconds": 0.5})), step("done")],
+        await alice.agent("napper", [calls(("sleep", {"seconds": 3})), step("done")],
                           tools=[SLEEP])
         session_id = await alice.session("napper")
         run = await alice.start(session_id, "nap")
