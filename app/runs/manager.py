@@ -561,16 +561,22 @@ class RunManager:
             await self._end(host, "completed", {
                 "stop_reason": outcome.stop_reason, "output": outcome.output, "usage": usage,
                 "turns": turns,
-            }, stop_reason=outcome.stop_reason, output=outcome.output, usage=usage, turns=turns)
+            }, stop_reason=outcome.stop_reason, output=outcome.output, usage=usage, turns=turns,
+                active_ms=self._active_ms(host))
         else:
             await self._end(host, "failed", {"error": outcome.error}, error=outcome.error,
                             usage=usage, turns=turns)
+
+    @staticmethod
+    def _active_ms(host: RunHost) -> int:
+        """The run's running time so far, its earlier stretches included."""
+        return host.active_ms_before + round((time.monotonic() - host.started) * 1000)
 
     async def _wait(self, host: RunHost, awaited: AwaitInput, turns: int,
                     usage: dict[str, int]) -> None:
         """Leave the run waiting for people: it holds no slot and no lease meanwhile."""
         expires = waits.expires_at(utcnow(), self.settings.action_timeout_s)
-        active_ms = host.active_ms_before + round((time.monotonic() - host.started) * 1000)
+        active_ms = self._active_ms(host)
         try:
             event = await self.store.await_input(
                 host.run_id, host.session_id, waits.required_action_of(awaited, expires),

@@ -378,9 +378,11 @@ class RunStore:
                 run.last_seq = event_seq - 1
                 delivered = deliver_input(connection, run, now, stored_counters)
                 if steerable:
+                    progress = {_column_name(Run, key): fields[key]
+                                for key in ("turns", "usage", "active_ms") if key in fields}
                     update_by_id(connection, RUNS, run_id, {
                         "status": "queued", "waiting": {"kind": "input"},
-                        "executor_id": self.executor_id})
+                        "executor_id": self.executor_id, **progress})
                     return Ended(run, delivered, None, [], continued=True)
                 stored_counters = None
                 closing.append(delivered)

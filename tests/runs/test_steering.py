@@ -89,3 +89,30 @@ class TestSteering:
         for body in ({"input": ""}, {"input": []}, {}):
             response = await alice.client.post(f"/v1/runs/{run['id']}/input", json=body)
             assert_problem(response, 422, "validation_error")
+
+
+class TestInputAtTheEnd:
+    async def test_input_stored_as_the_run_ends_gives_it_one_more_turn(self, alice: Api,
+                                                                       monkeypatch):
+        from app.runs.manager import RunManager
+
+        # As when the input reaches another process: this one is not told, so only the
+        # end's write finds it.
+        monkeypatch.setattr(RunManager, "steer", lambda self, run_id: None)
+        await alice.agent("slow", [step("first answer", delay_ms=1000), step("second answer")])
+        session_id = await alice.session("slow")
+        run = await alice.start(session_id, "hello")
+        await alice.until(run["id"], "turn.started")
+        response = await alice.client.post(f"/v1/runs/{run['id']}/input",
+                                           json={"input": "one more thing"})
+        assert response.status_code == 202, response.text
+        await alice.until(run["id"], "run.completed", timeout_s=10)
+        done = await alice.get_run(run["id"])
+        assert done["output"] == "second answer" and done["turns"] == 2
+        events = await alice.events(run["id"])
+        assert_gapless(events)
+        turns = [e["data"]["turn"] for e in events if e["type"] == "turn.started"]
+        assert turns == [1, 2]
+        kinds = types(events)
+        assert kinds.index("run.input") < kinds.index("run.resumed") < len(kinds) - 1
+        assert conversation(await alice.messages(session_id))[2] == ("user", "one more thing")
