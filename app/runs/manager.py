@@ -164,8 +164,11 @@ class RunManager:
         self._admit()
 
     def steer(self, run_id: str) -> None:
-        """Steering input was stored for the run: it takes it at its next turn boundary."""
-        self._steered.add(run_id)
+        """Steering input was stored for the run: if it executes here, it takes the input at
+        its next turn boundary (a run that starts later finds it as it is claimed, and a
+        run another process executes, as it ends)."""
+        if self.is_running_here(run_id):
+            self._steered.add(run_id)
 
     def _admit(self) -> None:
         while (self.accepting and self._waiting
@@ -395,6 +398,8 @@ class RunManager:
         host.agent = run.agent
         host.active_ms_before = run.active_ms
         host.steered = lambda: self._take_steer(run_id)
+        if run.pending_input:  # stored while it waited or was queued
+            self._steered.add(run_id)
         host.provider_name = str(run.config.get("model", "")).split(":", 1)[0]
         stop = self._stops.get(run_id)
         if stop is not None:  # cancelled before it was claimed: the session stays as it is

@@ -169,6 +169,10 @@ def answer_write(
         if resumed:
             values.update(status="queued", required_action=None, action_expires_at=None,
                           executor_id=executor_id)
+        else:  # the calls still to be decided
+            action = run.required_action
+            values["required_action"] = {**action, "tool_calls": [
+                c for c in action["tool_calls"] if c["id"] not in waiting["answers"]]}
         update_by_id(connection, RUNS, run.id, values)
         if resumed:
             connection.execute(

@@ -116,3 +116,27 @@ class TestInputAtTheEnd:
         kinds = types(events)
         assert kinds.index("run.input") < kinds.index("run.resumed") < len(kinds) - 1
         assert conversation(await alice.messages(session_id))[2] == ("user", "one more thing")
+
+
+class TestInputWhileWaiting:
+    async def test_input_to_a_waiting_run_is_delivered_once_it_goes_on(self, alice: Api):
+        ask = {"type": "client", "name": "ask_user"}
+        await alice.agent("asker", [calls(("ask_user", {})), step("thanks")], tools=[ask])
+        session_id = await alice.session("asker")
+        run = await alice.wait((await alice.start(session_id, "hi"))["id"])
+        assert run["status"] == "requires_action"
+        response = await alice.client.post(f"/v1/runs/{run['id']}/input",
+                                           json={"input": "by the way"})
+        assert response.status_code == 202, response.text
+        call_id = run["required_action"]["tool_calls"][0]["id"]
+        response = await alice.client.post(f"/v1/runs/{run['id']}/tool-outputs", json={
+            "outputs": [{"tool_call_id": call_id, "output": "blue"}]})
+        assert response.status_code == 200, response.text
+        done = await alice.wait(run["id"])
+        assert done["status"] == "completed" and done["turns"] == 2
+        assert [role for role, _ in conversation(await alice.messages(session_id))] == [
+            "user", "assistant", "tool", "user", "assistant"]
+        kinds = types(await alice.events(run["id"]))
+        delivered = kinds.index("run.input")
+        assert kinds[delivered - 1] == "turn.completed"
+        assert kinds[delivered + 1] == "turn.started"

@@ -264,6 +264,8 @@ class TestApprovals:
             {"tool_call_id": first, "approve": True}]})
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "requires_action"
+        remaining = response.json()["required_action"]["tool_calls"]
+        assert [c["id"] for c in remaining] == [second]
         response = await alice.client.post(url, json={"decisions": [
             {"tool_call_id": first, "approve": False}]})
         assert_problem(response, 422, "tool_call_mismatch")
