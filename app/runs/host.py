@@ -66,6 +66,8 @@ class RunHost(LifecycleHooks):
         """Whether steering input may be waiting (asked at each turn boundary)."""
         self.hosts: HostPolicy | None = None
         self._contexts: dict[str, ToolContext] = {}
+        self.input_after_wait: list[dict[str, Any]] = []
+        """The run's own input, when turn 0 waits for people before it can be stored."""
         self.active_ms_before = 0
         """Running time of the run before this stretch (it may have waited for people)."""
         self.answered: set[str] = set()

@@ -515,6 +515,9 @@ class RunManager:
         if not started.input_stored:  # tool calls were open: answer them first
             awaited = await self._settle_pending(host, loop, request.get("on_pending", "reject"))
             if awaited is not None:
+                # The input follows the answers of the calls left open: it waits with them,
+                # and is taken as the run goes on, like steering input.
+                host.input_after_wait = list(request.get("input") or [])
                 return Outcome.of(awaited, loop.turns, dict(loop.usage))
             if request.get("input"):
                 await host.append_messages(request["input"])
@@ -586,7 +589,8 @@ class RunManager:
             event = await self.store.await_input(
                 host.run_id, host.session_id, waits.required_action_of(awaited, expires),
                 waits.waiting_of(awaited), expires, seq=host.events.seq + 1,
-                active_ms=active_ms, turns=turns, usage=usage, tally=host.tally)
+                active_ms=active_ms, turns=turns, usage=usage, tally=host.tally,
+                pending_input=host.input_after_wait)
         except StateChanged:
             logger.warning("the run was ended elsewhere", extra={"run_id": host.run_id})
             return

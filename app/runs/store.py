@@ -292,11 +292,12 @@ class RunStore:
         self, run_id: str, session_id: str, required_action: dict[str, Any],
         waiting: dict[str, Any],
         expires_at: datetime, *, seq: int, active_ms: int, turns: int, usage: dict[str, int],
-        tally: Tally,
+        tally: Tally, pending_input: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Leave the run waiting for people (`requires_action`), held by no process, with its
-        `run.requires_action` event; returns the event. Raises `StateChanged` when the run
-        is not running here any more."""
+        `run.requires_action` event; returns the event. `pending_input` goes before any
+        steering input the run has. Raises `StateChanged` when the run is not running here
+        any more."""
         counters = tally.take()
         now = utcnow()
         data = {"required_action": required_action}
@@ -316,6 +317,11 @@ class RunStore:
         def wait(connection: Connection) -> dict[str, Any]:
             if connection.execute(statement, {"_id": run_id, **values}).rowcount != 1:
                 raise StateChanged(run_id)
+            if pending_input:
+                steered = connection.execute(sa.select(RUNS.c.pending_input).where(
+                    RUNS.c.id == q.ID), {"_id": run_id}).scalar() or []
+                update_by_id(connection, RUNS, run_id,
+                             {"pending_input": [*pending_input, *steered]})
             connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": seq,
                                                 "type": "run.requires_action", "data": data,
                                                 "ts": now})

@@ -456,3 +456,31 @@ class TestRestart:
             done = await api.wait(run["id"])
             assert done["status"] == "completed" and done["output"] == "read"
             assert_gapless(await api.events(run["id"]))
+
+
+class TestPendingCallsThatWait:
+    async def test_a_resumed_call_needing_approval_keeps_the_input_for_after_it(
+        self, alice: Api,
+    ):
+        await alice.agent("calc", [step("the answer is 4")], tools=[CALCULATOR],
+                          tool_policy={"require_approval": ["calculator"]})
+        session_id = await alice.session("calc")
+        call = {"id": "call_open", "type": "function",
+                "function": {"name": "calculator", "arguments": '{"expression": "2+2"}'}}
+        response = await alice.client.post(f"/v1/sessions/{session_id}/messages", json={
+            "messages": [{"role": "user", "content": "2+2?"},
+                         {"role": "assistant", "content": None, "tool_calls": [call]}]})
+        assert response.status_code in (200, 201), response.text
+        run = await waiting(alice, (await alice.start(session_id, "go on",
+                                                      on_pending="resume"))["id"])
+        assert run["required_action"]["tool_calls"][0]["id"] == "call_open"
+        response = await alice.client.post(f"/v1/runs/{run['id']}/approvals", json={
+            "decisions": [{"tool_call_id": "call_open", "approve": True}]})
+        assert response.status_code == 200, response.text
+        done = await alice.wait(run["id"])
+        assert done["status"] == "completed" and done["output"] == "the answer is 4"
+        messages = await alice.messages(session_id)
+        assert [(m["role"], m["content"]) for m in messages] == [
+            ("user", "2+2?"), ("assistant", None), ("tool", "4"), ("user", "go on"),
+            ("assistant", "the answer is 4")]
+        assert_gapless(await alice.events(run["id"]))
