@@ -46,5 +46,12 @@ class Metrics:
             "loomd_tool_call_duration_seconds", "Duration of tool calls", ["tool", "is_error"],
             buckets=LATENCY_BUCKETS, registry=self.registry)
 
+        self.hook_deliveries = Counter(
+            "loomd_hook_deliveries", "Requests to hooks, by phase and result",
+            ["phase", "result"], registry=self.registry)
+        self.hook_seconds = Histogram(
+            "loomd_hook_call_duration_seconds", "Duration of gating hook calls", ["phase"],
+            buckets=(0.001, 0.0025, *LATENCY_BUCKETS), registry=self.registry)
+
     def bind(self, read: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_LiveGauges(read))

@@ -28,6 +28,8 @@ class NeedsApproval:
     waits (`AwaitInput` of kind `approve_tool_calls`)."""
 
     reason: str | None = None
+    call: ToolCallOut | None = None
+    """The call as it is to be approved, when a hook changed its arguments."""
 
 
 ToolDecision = ToolCallOut | ToolDenial | NeedsApproval
@@ -55,6 +57,11 @@ class LifecycleHooks:
 
     async def on_tool_start(self, turn: int, call: ToolCallOut) -> None:
         """After `tool.started`, just before the tool runs."""
+
+    async def after_tool_call(self, turn: int, call: ToolCallOut,
+                              result: ToolResult) -> ToolResult:
+        """The result to store for a call that ran (it may replace the tool's)."""
+        return result
 
     async def on_tool_end(self, turn: int, call: ToolCallOut, result: ToolResult,
                           seconds: float) -> None:

@@ -66,7 +66,7 @@ async def run_tool_calls(
     for call, task in zip(calls, tasks, strict=True):
         result = task.result()
         if isinstance(result, NeedsApproval):
-            outcome.asks.append(call)
+            outcome.asks.append(result.call or call)
         elif isinstance(result, ToolCallOut):
             outcome.client.append(result)
         else:
@@ -103,6 +103,7 @@ async def run_tool_call(
     result = await ports.tools.run(call.name, call.arguments, ports.contexts(call.id),
                                    timeout_s)
     await ports.hooks.on_tool_end(turn, call, result, time.monotonic() - started)
+    result = await ports.hooks.after_tool_call(turn, call, result)
     return await _store(ports, turn, call, result, started)
 
 

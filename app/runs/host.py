@@ -8,9 +8,10 @@ from typing import Any, TypeVar
 
 from app.clock import utcnow
 from app.events.types import TERMINAL_EVENTS, envelope
+from app.hooks.gating import HookGate
 from app.loop.config import RunConfig
 from app.loop.engine import AgentLoop
-from app.loop.hooks import LifecycleHooks, ToolDecision
+from app.loop.hooks import LifecycleHooks, NeedsApproval, ToolDecision, ToolDenial
 from app.loop.ports import LoopPorts, Tools
 from app.metrics import Metrics
 from app.providers.base import Completion, LLMRequest, ProviderError, ToolCallOut, Usage
@@ -62,6 +63,7 @@ class RunHost(LifecycleHooks):
         self.provider_name = ""
         self.agent = ""
         self.gate: ToolGate | None = None
+        self.hooks_gate: HookGate | None = None
         self.steered: Callable[[], bool] = lambda: False
         """Whether steering input may be waiting (asked at each turn boundary)."""
         self.hosts: HostPolicy | None = None
@@ -132,7 +134,23 @@ class RunHost(LifecycleHooks):
             self.metrics.llm_seconds.labels(self.provider_name, outcome).observe(seconds)
 
     async def before_tool_call(self, turn: int, call: ToolCallOut) -> ToolDecision:
-        return call if self.gate is None else self.gate.decide(call)
+        """The policy first (a denied call reaches no hook), then the pre hooks."""
+        decision = call if self.gate is None else self.gate.decide(call)
+        if isinstance(decision, ToolDenial) or not self.hooks_gate:
+            return decision
+        hooked = await self.hooks_gate.before(turn, call)
+        if isinstance(hooked, ToolDenial):
+            return hooked
+        if isinstance(decision, NeedsApproval):
+            return NeedsApproval(decision.reason, hooked.call if isinstance(
+                hooked, NeedsApproval) else hooked)
+        return hooked
+
+    async def after_tool_call(self, turn: int, call: ToolCallOut,
+                              result: ToolResult) -> ToolResult:
+        if not self.hooks_gate:
+            return result
+        return await self.hooks_gate.after(turn, call, result)
 
     async def take_input(self) -> list[dict[str, Any]]:
         if not self.steered():

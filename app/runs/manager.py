@@ -13,6 +13,9 @@ from typing import Any
 from app.clock import rfc3339, utcnow
 from app.config import Settings
 from app.events.bus import EventBus
+from app.hooks.deliveries import log_delivery
+from app.hooks.gating import Delivery, HookGate, RunIdentity
+from app.hooks.registry import HookRegistry
 from app.loop.config import LoopConfig
 from app.loop.engine import AgentLoop, Outcome
 from app.loop.steps import AwaitInput, Failed
@@ -28,6 +31,7 @@ from app.runs.tools import ToolConflict, ToolSources, build_tools
 from app.store.db import Database
 from app.store.tables import Run
 from app.store.writer import StorageFailed, Writer
+from app.tools import net
 from app.tools.base import ToolResult
 from app.tools.mcp import McpClients
 from app.tools.net import HostPolicy
@@ -38,6 +42,8 @@ logger = logging.getLogger("loomd.runs")
 INTERRUPTED = {"reason": "the process executing the run stopped"}
 ABANDONED_RETRY_S = 1.0
 """How often the end of a run that could not be stored is tried again."""
+HOOK_TIMEOUT_S = 60.0
+"""The hook client's default timeout; each hook's `timeout_ms` applies to its calls."""
 WAIT_CHECK_S = 1.0
 """How often waits are checked for expiry."""
 
@@ -95,6 +101,10 @@ class RunManager:
         self._expiry_task: asyncio.Task[None] | None = None
         self.rate_limiter = RateLimiter()
         self.mcp = McpClients()
+        self.hook_registry = HookRegistry(database)
+        self.hook_client = net.client(HostPolicy.any_public(settings), HOOK_TIMEOUT_S,
+                                      follow_redirects=False)
+        self._delivery_writes: set[asyncio.Task[None]] = set()
         self._steered: set[str] = set()
         """Runs executing here that were given steering input since they last took it."""
         self._resubmit: set[str] = set()
@@ -326,8 +336,11 @@ class RunManager:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if self._delivery_writes:
+                await asyncio.wait(set(self._delivery_writes), timeout=5)
             await self.writer.stop()
             await self.mcp.aclose()
+            await self.hook_client.aclose()
 
     async def _renew_leases(self) -> None:
         """Renew leases every third of the lease, then recover; while runs wait for their end
@@ -372,6 +385,23 @@ class RunManager:
                     pass  # answered or ended meanwhile
                 except Exception:
                     logger.exception("could not expire a wait", extra={"run_id": run_id})
+
+    def _delivered(self, delivery: Delivery, seconds: float) -> None:
+        """Count a gating hook's call and store it in the delivery log, without waiting."""
+        if self.metrics is not None:
+            result = "ok" if delivery.status == "delivered" else "error"
+            self.metrics.hook_deliveries.labels(delivery.phase, result).inc()
+            self.metrics.hook_seconds.labels(delivery.phase).observe(seconds)
+        task = asyncio.create_task(self._log_delivery(delivery))
+        self._delivery_writes.add(task)
+        task.add_done_callback(self._delivery_writes.discard)
+
+    async def _log_delivery(self, delivery: Delivery) -> None:
+        try:
+            await self.writer.submit(lambda connection: log_delivery(connection, delivery))
+        except Exception:
+            logger.warning("a hook delivery could not be logged",
+                           extra={"hook_id": delivery.hook_id, "run_id": delivery.run_id})
 
     def _abandon(self, run_id: str, error: dict[str, Any]) -> None:
         """Leave a run whose end could not be stored to be ended as soon as it can be."""
@@ -490,6 +520,11 @@ class RunManager:
         except ToolConflict as conflict:
             return Outcome.of(Failed("tool_conflict", str(conflict)), 0, {})
         host.gate = ToolGate(config.tool_policy, self.rate_limiter, (run.owner, run.agent))
+        hooks = await self.hook_registry.gating(run.owner, run.agent)
+        if hooks:
+            host.hooks_gate = HookGate(
+                hooks, self.hook_client, RunIdentity(run.id, run.session_id, run.agent,
+                                                     run.owner), host.emit, self._delivered)
         loop = AgentLoop(
             LoopConfig(run=config, model=model, tool_timeout_s=self.settings.tool_timeout_s,
                        max_attempts=self.settings.llm_max_attempts,

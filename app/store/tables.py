@@ -190,6 +190,67 @@ class ToolSecret(SQLModel, table=True):
     created_at: datetime = _timestamp()
 
 
+class Hook(SQLModel, table=True):
+    """A webhook that gates tool calls (`pre_tool`, `post_tool`) or receives events (§6)."""
+
+    __tablename__ = "hooks"
+    __table_args__ = (sa.Index("ix_hooks_owner_created", "owner", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    owner: str = Field(max_length=64)
+    all_owners: bool = False
+    """An admin's hook that applies to the runs of every owner."""
+    name: str = Field(max_length=64)
+    phase: str = Field(max_length=16, index=True)
+    url: str = Field(max_length=2048)
+    agents: list[str] = _json()
+    tools: list[str] = _json()
+    events: list[str] = _json()
+    timeout_ms: int = 5000
+    failure_mode: str = Field(max_length=8)
+    enabled: bool = True
+    secret: str = Field(max_length=128)
+    circuit: str = Field(default="closed", max_length=16)
+    failures: int = 0
+    """Consecutive failed deliveries (the circuit opens after a run of them)."""
+    circuit_until: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class HookDelivery(SQLModel, table=True):
+    """One request to a hook (a gating call, an event, a ping) and its latest attempt;
+    event deliveries are also the outbox their sender works through."""
+
+    __tablename__ = "hook_deliveries"
+    __table_args__ = (
+        sa.Index("ix_hook_deliveries_hook_created", "hook_id", "created_at"),
+        sa.Index("ix_hook_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    hook_id: str = Field(
+        sa_column=sa.Column(sa.String(40), sa.ForeignKey("hooks.id", ondelete="CASCADE"),
+                            nullable=False)
+    )
+    message_id: str = Field(max_length=64)
+    """`webhook-id`: the same on every attempt, so receivers can dedupe."""
+    phase: str = Field(max_length=16)
+    event_type: str = Field(max_length=40)
+    run_id: str | None = Field(default=None, max_length=40)
+    payload: dict[str, Any] = _json()
+    status: str = Field(max_length=16)
+    """`pending` (to be sent), `delivered`, `failed` (a gating call that failed) or `dead`."""
+    attempt: int = 0
+    status_code: int | None = None
+    duration_ms: int | None = None
+    error: str | None = Field(default=None, max_length=1024)
+    response_excerpt: str | None = Field(default=None, max_length=1024)
+    next_attempt_at: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
 class IdempotencyKey(SQLModel, table=True):
     __tablename__ = "idempotency_keys"
 
