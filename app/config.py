@@ -168,6 +168,7 @@ class Settings(BaseSettings):
     storage_deadline_s: float = Field(default=30, gt=0)
     writer_queue_size: int = Field(default=10_000, ge=10)
     action_timeout_s: float = Field(default=600, gt=0)
+    hook_max_attempts: int = Field(default=8, ge=1, le=100)
     max_subrun_depth: int = Field(default=3, ge=0, le=16)
 
     @field_validator("allow_private_urls", mode="plain")

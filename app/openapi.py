@@ -58,6 +58,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "runs", "description": "Executions of the agent loop and their events."},
             {"name": "providers", "description": "Configured LLM providers and their health."},
             {"name": "tools", "description": "The key `http` tool calls are signed with."},
+            {"name": "hooks",
+             "description": "Webhooks that gate tool calls or receive run events."},
         ],
         separate_input_output_schemas=False,
     )

@@ -23,6 +23,7 @@ def log_delivery(connection: Connection, delivery: Delivery) -> None:
     now = utcnow()
     connection.execute(_INSERT, {
         "id": delivery.id, "hook_id": delivery.hook_id, "message_id": delivery.message_id,
+        "ordinal": 0,
         "phase": delivery.phase, "event_type": delivery.phase, "run_id": delivery.run_id,
         "payload": delivery.payload, "status": delivery.status, "attempt": 1,
         "status_code": delivery.status_code, "duration_ms": delivery.duration_ms,

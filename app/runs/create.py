@@ -258,7 +258,7 @@ def _insert_run(connection: Connection, run_id: str, session: Any, agent: Any,
     connection.execute(policy.insert_run, {**values, **policy.lease})
     run = as_run({**values, "lease_expires_at": None})
     data = {"run": RunSchema.model_validate(run_view(run)).model_dump(mode="json")}
-    connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": 1, "type": "run.created",
+    q.insert_events(connection, {"run_id": run_id, "seq": 1, "type": "run.created",
                                         "data": data, "ts": now})
     start_now = session.active_run_id is None
     if start_now:  # written by the caller, with the claim's session update when there is one
@@ -286,7 +286,7 @@ def _cancel_queued(connection: Connection, session: Any, reason: str,
         seq = last_seq + 1
         update_by_id(connection, RUNS, run_id, {
             "status": "cancelled", "last_seq": seq, "ended_at": now, "lease_expires_at": None})
-        connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": seq,
+        q.insert_events(connection, {"run_id": run_id, "seq": seq,
                                             "type": "run.cancelled", "data": data, "ts": now})
         ended.append(envelope("run.cancelled", seq, run_id, session.id, now, data))
         if session.active_run_id == run_id:

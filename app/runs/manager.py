@@ -15,7 +15,10 @@ from app.config import Settings
 from app.events.bus import EventBus
 from app.hooks.deliveries import log_delivery
 from app.hooks.gating import Delivery, HookGate, RunIdentity
+from app.hooks.outbox import EventOutbox
 from app.hooks.registry import HookRegistry
+from app.hooks.registry import changed as hook_registry_changed
+from app.hooks.sender import EventSender
 from app.loop.config import LoopConfig
 from app.loop.engine import AgentLoop, Outcome
 from app.loop.steps import AwaitInput, Failed
@@ -105,6 +108,10 @@ class RunManager:
         self.hook_client = net.client(HostPolicy.any_public(settings), HOOK_TIMEOUT_S,
                                       follow_redirects=False)
         self._delivery_writes: set[asyncio.Task[None]] = set()
+        self.outbox = EventOutbox(database)
+        self.writer.outbox = self.outbox
+        self.sender = EventSender(database, self.writer, self.outbox, self.hook_client,
+                                  settings.hook_max_attempts, metrics)
         self._steered: set[str] = set()
         """Runs executing here that were given steering input since they last took it."""
         self._resubmit: set[str] = set()
@@ -268,9 +275,11 @@ class RunManager:
     async def start(self) -> None:
         """Start the writer, recover the runs no live process executes, then admit runs."""
         self.writer.start()
+        await self.outbox.refresh()
         await self.recover(at_start=True)
         self._lease_task = asyncio.create_task(self._renew_leases(), name="loomd-leases")
         self._expiry_task = asyncio.create_task(self._expire_waits(), name="loomd-waits")
+        self.sender.start()
         self.accepting = True
 
     async def recover(self, at_start: bool = False) -> int:
@@ -336,6 +345,7 @@ class RunManager:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self.sender.stop()
             if self._delivery_writes:
                 await asyncio.wait(set(self._delivery_writes), timeout=5)
             await self.writer.stop()
@@ -385,6 +395,11 @@ class RunManager:
                     pass  # answered or ended meanwhile
                 except Exception:
                     logger.exception("could not expire a wait", extra={"run_id": run_id})
+
+    async def hooks_changed(self) -> None:
+        """A hook was created, changed or deleted here: the next runs and events see it."""
+        hook_registry_changed()
+        await self.outbox.refresh()
 
     def _delivered(self, delivery: Delivery, seconds: float) -> None:
         """Count a gating hook's call and store it in the delivery log, without waiting."""

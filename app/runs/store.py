@@ -322,7 +322,7 @@ class RunStore:
                     RUNS.c.id == q.ID), {"_id": run_id}).scalar() or []
                 update_by_id(connection, RUNS, run_id,
                              {"pending_input": [*pending_input, *steered]})
-            connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": seq,
+            q.insert_events(connection, {"run_id": run_id, "seq": seq,
                                                 "type": "run.requires_action", "data": data,
                                                 "ts": now})
             update_by_id(connection, SESSIONS, session_id, {"updated_at": now}, counters)
@@ -397,7 +397,7 @@ class RunStore:
                 closing = close_wait(connection, run, data.get("reason") or status, now)
                 event_seq = run.last_seq + 1
             event = envelope(type_, event_seq, run_id, run.session_id, now, data)
-            connection.execute(q.INSERT_EVENT, {"run_id": run_id, "seq": event_seq,
+            q.insert_events(connection, {"run_id": run_id, "seq": event_seq,
                                                 "type": type_, "data": data, "ts": now})
             values = {"last_seq": event_seq, "status": status, "ended_at": now,
                       "lease_expires_at": None, "required_action": None, "waiting": None,
@@ -495,7 +495,7 @@ def close_wait(connection: Connection, run: Any, reason: str,
                                              "name": call["name"], "output": text,
                                              "is_error": True, "duration_ms": 0}
         run.last_seq += 1
-        connection.execute(q.INSERT_EVENT, {"run_id": run.id, "seq": run.last_seq,
+        q.insert_events(connection, {"run_id": run.id, "seq": run.last_seq,
                                             "type": type_, "data": data, "ts": now})
         events.append(envelope(type_, run.last_seq, run.id, run.session_id, now, data))
     add_messages(connection, session, run.id, messages, now, None)
@@ -512,7 +512,7 @@ def deliver_input(connection: Connection, run: Any, now: datetime,
                  "run_id": run.id, "created_at": rfc3339(now)} for m in stored]
     run.last_seq += 1
     data = {"messages": messages}
-    connection.execute(q.INSERT_EVENT, {"run_id": run.id, "seq": run.last_seq,
+    q.insert_events(connection, {"run_id": run.id, "seq": run.last_seq,
                                         "type": "run.input", "data": data, "ts": now})
     update_by_id(connection, RUNS, run.id, {"pending_input": [], "last_seq": run.last_seq})
     return envelope("run.input", run.last_seq, run.id, run.session_id, now, data)

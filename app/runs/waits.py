@@ -157,7 +157,7 @@ def answer_write(
             data = {"turn": waiting["turn"], **decision,
                     "decided_at": rfc3339(decision["decided_at"])}
             data["name"] = names[decision["tool_call_id"]]
-            connection.execute(q.INSERT_EVENT, {"run_id": run.id, "seq": seq,
+            q.insert_events(connection, {"run_id": run.id, "seq": seq,
                                                 "type": "approval.decided", "data": data,
                                                 "ts": now})
             events.append(envelope("approval.decided", seq, run.id, run.session_id, now, data))

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from app.store.tables import IdempotencyKey, Message, Run, RunEvent, Session
 
@@ -23,6 +24,8 @@ KEYS: sa.Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 ID: sa.BindParameter[str] = sa.bindparam("_id", type_=sa.String)
 
 INSERT_EVENT = sa.insert(EVENTS)
+INSERTED_EVENTS = "loomd_inserted_events"
+"""`connection.info` key of the event rows a transaction inserted (for the hooks' outbox)."""
 INSERT_MESSAGES = sa.insert(MESSAGES)
 INSERT_RUN = sa.insert(RUNS)
 INSERT_SESSION = sa.insert(SESSIONS)
@@ -68,3 +71,11 @@ def values_of(row: dict[str, Any]) -> dict[str, Any]:
 
 def counter_values(counters: dict[str, Any]) -> dict[str, Any]:
     return {f"n_{name}": value for name, value in counters.items()}
+
+
+def insert_events(connection: Connection, rows: dict[str, Any] | list[dict[str, Any]]) -> None:
+    """Insert event rows, noting them on the connection: the writer hands every event of its
+    transaction to the hooks' outbox before it commits."""
+    connection.execute(INSERT_EVENT, rows)
+    connection.info.setdefault(INSERTED_EVENTS, []).extend(
+        rows if isinstance(rows, list) else [rows])

@@ -226,6 +226,7 @@ class HookDelivery(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_hook_deliveries_hook_created", "hook_id", "created_at"),
         sa.Index("ix_hook_deliveries_status_next", "status", "next_attempt_at"),
+        sa.Index("ix_hook_deliveries_hook_ordinal", "hook_id", "ordinal"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -235,6 +236,8 @@ class HookDelivery(SQLModel, table=True):
     )
     message_id: str = Field(max_length=64)
     """`webhook-id`: the same on every attempt, so receivers can dedupe."""
+    ordinal: int = Field(default=0, sa_type=sa.BigInteger)
+    """Orders a hook's event deliveries: they are sent in this order."""
     phase: str = Field(max_length=16)
     event_type: str = Field(max_length=40)
     run_id: str | None = Field(default=None, max_length=40)

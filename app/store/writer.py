@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection
 
 from app.events.bus import EventBus
 from app.store.db import Database, DatabaseUnreachable, is_transient
-from app.store.statements import INSERT_EVENT, RUNS
+from app.store.statements import INSERTED_EVENTS, RUNS, insert_events
 
 logger = logging.getLogger("loomd.writer")
 
@@ -98,6 +98,8 @@ class Writer:
                  max_queued: int = 10_000, max_batch: int = 1_000) -> None:
         self._database = database
         self._bus = bus
+        self.outbox: Outbox | None = None
+        """Set by the run manager once event hooks can be delivered."""
         self.deadline_s = deadline_s
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(max_queued)
@@ -271,7 +273,7 @@ class Writer:
             async with database.write_turn:
                 return await asyncio.get_running_loop().run_in_executor(
                     database.sqlite_writer.thread, database.sqlite_writer.run,
-                    lambda connection: _apply(connection, writes))
+                    lambda connection: _apply(connection, writes, self.outbox))
         turn = database.write_turn if database.is_sqlite else contextlib.nullcontext()
         async with turn:
             connection = database.run_engine.connect()
@@ -283,7 +285,7 @@ class Writer:
                 raise DatabaseUnreachable(_short(exc)) from exc
             try:
                 async with connection.begin():
-                    return await connection.run_sync(_apply, writes)
+                    return await connection.run_sync(_apply, writes, self.outbox)
             finally:
                 await connection.close()
 
@@ -309,8 +311,14 @@ class _Raised:
     error: BaseException
 
 
-def _apply(connection: Connection, writes: list[_Write]) -> list[Any]:
-    """One transaction's statements: each write's work in order, then every event row."""
+Outbox = Callable[[Connection, list[dict[str, Any]]], None]
+"""Adds, in the same transaction, what the events a transaction inserted owe to hooks."""
+
+
+def _apply(connection: Connection, writes: list[_Write], outbox: Outbox | None) -> list[Any]:
+    """One transaction's statements: each write's work in order, then every event row, then
+    the outbox rows of every event the transaction inserted."""
+    connection.info.pop(INSERTED_EVENTS, None)  # left by a transaction that failed
     outcomes: list[Any] = []
     rows: list[dict[str, Any]] = []
     last_seq: dict[str, int] = {}
@@ -331,9 +339,12 @@ def _apply(connection: Connection, writes: list[_Write]) -> list[Any]:
             last_seq[event["run_id"]] = event["seq"]
         outcomes.append(None)
     if rows:
-        connection.execute(INSERT_EVENT, rows)
+        insert_events(connection, rows)
         connection.execute(_ADVANCE_LAST_SEQ,
                            [{"run": run_id, "seq": seq} for run_id, seq in last_seq.items()])
+    inserted = connection.info.pop(INSERTED_EVENTS, None)
+    if outbox is not None and inserted:
+        outbox(connection, inserted)
     return outcomes
 
 

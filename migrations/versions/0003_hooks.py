@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("hook_id", sa.String(length=40), nullable=False),
         sa.Column("message_id", sa.String(length=64), nullable=False),
+        sa.Column("ordinal", sa.BigInteger(), nullable=False),
         sa.Column("phase", sa.String(length=16), nullable=False),
         sa.Column("event_type", sa.String(length=40), nullable=False),
         sa.Column("run_id", sa.String(length=40), nullable=True),
@@ -74,10 +75,13 @@ def upgrade() -> None:
                               unique=False)
         batch_op.create_index("ix_hook_deliveries_status_next", ["status", "next_attempt_at"],
                               unique=False)
+        batch_op.create_index("ix_hook_deliveries_hook_ordinal", ["hook_id", "ordinal"],
+                              unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("hook_deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_hook_deliveries_hook_ordinal")
         batch_op.drop_index("ix_hook_deliveries_status_next")
         batch_op.drop_index("ix_hook_deliveries_hook_created")
     op.drop_table("hook_deliveries")
