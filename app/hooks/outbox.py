@@ -12,6 +12,7 @@ import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -32,6 +33,12 @@ _EVENT_HOOKS = (sa.select(HOOKS.c.id, HOOKS.c.owner, HOOKS.c.all_owners, HOOKS.c
                           HOOKS.c.events)
                 .where(HOOKS.c.enabled.is_(True), HOOKS.c.phase == "event"))
 _INSERT = sa.insert(DELIVERIES)
+STATE_OF = {"run.created": "queued", "run.started": "running", "run.resumed": "running",
+            "run.requires_action": "requires_action", "run.paused": "paused",
+            "run.completed": "completed", "run.failed": "failed",
+            "run.cancelled": "cancelled", "run.interrupted": "interrupted"}
+"""The run's status after each event that changes it: `run.state` (§4.3) is delivered to
+event hooks from these, in the same transaction."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +81,19 @@ class EventOutbox:
         rows = []
         for event in events:
             owner, agent, session_id = runs.get(event["run_id"], ("", "", ""))
+            ts = rfc3339(event["ts"])
+            status = STATE_OF.get(event["type"])
             for hook in self.hooks:
-                if not hook.wants(owner, agent, event["type"]):
-                    continue
-                envelope = {"type": event["type"], "seq": event["seq"],
-                            "run_id": event["run_id"], "session_id": session_id,
-                            "ts": rfc3339(event["ts"]), "data": event["data"]}
-                rows.append({
-                    "id": new_id("dlv"), "hook_id": hook.id, "message_id": new_id("msg"),
-                    "ordinal": next(self._ordinals), "phase": "event",
-                    "event_type": event["type"], "run_id": event["run_id"],
-                    "payload": {"type": "event", "hook_id": hook.id, "event": envelope},
-                    "status": "pending", "attempt": 0, "status_code": None,
-                    "duration_ms": None, "error": None, "response_excerpt": None,
-                    "next_attempt_at": now, "created_at": now, "updated_at": now})
+                if hook.wants(owner, agent, event["type"]):
+                    envelope = {"type": event["type"], "seq": event["seq"],
+                                "run_id": event["run_id"], "session_id": session_id,
+                                "ts": ts, "data": event["data"]}
+                    rows.append(self._row(hook, event["type"], event["run_id"], envelope, now))
+                if status is not None and hook.wants(owner, agent, "run.state"):
+                    state = {"type": "run.state", "run_id": event["run_id"],
+                             "session_id": session_id, "agent": agent, "status": status,
+                             "stop_reason": event["data"].get("stop_reason"), "ts": ts}
+                    rows.append(self._row(hook, "run.state", event["run_id"], state, now))
         if rows:
             # A hook deleted since the last refresh takes no more deliveries.
             wanted = {row["hook_id"] for row in rows}
@@ -96,6 +102,16 @@ class EventOutbox:
             rows = [row for row in rows if row["hook_id"] in existing]
         if rows:
             connection.execute(_INSERT, rows)
+
+    def _row(self, hook: EventHook, type_: str, run_id: str, event: dict[str, Any],
+             now: datetime) -> dict[str, Any]:
+        return {"id": new_id("dlv"), "hook_id": hook.id, "message_id": new_id("msg"),
+                "ordinal": next(self._ordinals), "phase": "event", "event_type": type_,
+                "run_id": run_id, "payload": {"type": "event", "hook_id": hook.id,
+                                              "event": event},
+                "status": "pending", "attempt": 0, "status_code": None, "duration_ms": None,
+                "error": None, "response_excerpt": None, "next_attempt_at": now,
+                "created_at": now, "updated_at": now}
 
     def _runs_of(self, connection: Connection,
                  run_ids: set[str]) -> dict[str, tuple[str, str, str]]:

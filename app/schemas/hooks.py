@@ -12,9 +12,11 @@ from pydantic import (
     UrlConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from app.clock import utcnow
 from app.schemas.common import Name, Omittable, Page, RequestModel, ResponseModel, Timestamp
 from app.schemas.events import Event
 
@@ -156,6 +158,17 @@ class Hook(ResponseModel):
                                          "sent until it half-opens for a trial")
     created_at: Timestamp
     updated_at: Timestamp
+
+    @model_validator(mode="before")
+    @classmethod
+    def _half_open(cls, value: Any) -> Any:
+        """An open circuit whose time is up lets the next delivery through as a trial."""
+        until = getattr(value, "circuit_until", None)
+        if getattr(value, "circuit", None) == "open" and until is not None and until <= utcnow():
+            fields = {name: getattr(value, name) for name in cls.model_fields
+                      if hasattr(value, name)}
+            return {**fields, "circuit": "half_open"}
+        return value
 
 
 class HookCreated(Hook):

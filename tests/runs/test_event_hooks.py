@@ -133,3 +133,34 @@ class TestEventHooks:
 
 async def one_run_again(api: Api) -> dict[str, Any]:
     return await api.wait((await api.start(await api.session("calc")))["id"])
+
+
+class TestRunState:
+    async def test_run_state_follows_every_status_change(self, alice: Api):
+        inbox = Inbox()
+        async with inbox.receiver:
+            await inbox.register(alice, ["run.state"])
+            run = await one_run(alice)
+            await inbox.until(3)
+        states = [payload["event"] for payload in inbox.received]
+        assert [s["status"] for s in states] == ["queued", "running", "completed"]
+        assert all(s["type"] == "run.state" and s["run_id"] == run["id"] for s in states)
+        assert states[-1]["stop_reason"] == "end_turn" and states[-1]["agent"] == "calc"
+
+
+class TestCircuit:
+    async def test_repeated_failures_open_the_hooks_circuit(self, alice: Api):
+        inbox = Inbox()
+        inbox.failing = True
+        async with inbox.receiver:
+            hook_id = await inbox.register(alice, ["run.created", "run.started",
+                                                   "tool.completed", "run.completed"])
+            await one_run(alice)
+            await one_run_again(alice)
+            deadline = time.monotonic() + 20
+            while True:
+                hook = (await alice.client.get(f"/v1/hooks/{hook_id}")).json()
+                if hook["circuit"] == "open":
+                    break
+                assert time.monotonic() < deadline, hook
+                await asyncio.sleep(0.1)
