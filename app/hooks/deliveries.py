@@ -7,6 +7,7 @@ from sqlalchemy.engine import Connection
 
 from app.clock import utcnow
 from app.hooks.gating import Delivery
+from app.hooks.sender import count_outcome
 from app.store.tables import Hook, HookDelivery
 
 DELIVERIES: sa.Table = HookDelivery.__table__  # type: ignore[attr-defined]
@@ -29,3 +30,4 @@ def log_delivery(connection: Connection, delivery: Delivery) -> None:
         "status_code": delivery.status_code, "duration_ms": delivery.duration_ms,
         "error": delivery.error, "response_excerpt": delivery.response_excerpt,
         "next_attempt_at": None, "created_at": now, "updated_at": now})
+    count_outcome(connection, delivery.hook_id, delivery.status == "delivered", now)

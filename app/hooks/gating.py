@@ -13,11 +13,13 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any
 
 import httpx2
 
+from app.clock import utcnow
 from app.hooks.signing import signed_headers
 from app.ids import new_id
 from app.loop.hooks import NeedsApproval, ToolDecision, ToolDenial
@@ -25,6 +27,7 @@ from app.providers.base import ToolCallOut
 from app.tools.base import ToolResult
 
 EXCERPT_CHARS = 1000
+CIRCUIT_OPEN = "its circuit is open after repeated failures"
 MAX_ANSWER_BYTES = 1024 * 1024
 
 
@@ -39,6 +42,9 @@ class GatingHook:
     tools: tuple[str, ...]
     timeout_ms: int
     failure_mode: str
+    circuit_until: datetime | None = None
+    """While this is in the future the hook's circuit is open: it is not called, and its
+    `failure_mode` decides."""
 
     def matches_tool(self, name: str) -> bool:
         return not self.tools or any(fnmatchcase(name, glob) for glob in self.tools)
@@ -165,6 +171,8 @@ class HookGate:
 
     async def _send(self, hook: GatingHook, payload: dict[str, Any], phase: str) -> Answer:
         """The hook's answer; raises `HookFailed` (with the call's duration)."""
+        if hook.circuit_until is not None and hook.circuit_until > utcnow():
+            raise HookFailed(CIRCUIT_OPEN)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         message_id = new_id("msg")
         started = time.monotonic()

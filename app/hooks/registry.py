@@ -54,7 +54,9 @@ class HookRegistry:
             hooks = [(tuple(row.agents), GatingHook(
                 id=row.id, phase=row.phase, url=row.url, secret=row.secret,
                 tools=tuple(row.tools), timeout_ms=row.timeout_ms,
-                failure_mode=row.failure_mode)) for row in rows]
+                failure_mode=row.failure_mode,
+                circuit_until=row.circuit_until if row.circuit == "open" else None))
+                for row in rows]
             cached = (now, generation, hooks)
             self._cache[owner] = cached
         return [hook for agents, hook in cached[2]

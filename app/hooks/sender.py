@@ -172,6 +172,12 @@ def _record(connection: Connection, delivery_id: str, hook_id: str, values: dict
     """Store an attempt and the hook's circuit after it."""
     connection.execute(sa.update(DELIVERIES).where(DELIVERIES.c.id == delivery_id)
                        .values(**values))
+    count_outcome(connection, hook_id, delivered, now)
+
+
+def count_outcome(connection: Connection, hook_id: str, delivered: bool,
+                  now: datetime) -> None:
+    """Keep the hook's run of failures, and its circuit, after one request."""
     hook = connection.execute(sa.select(HOOKS.c.failures, HOOKS.c.circuit)
                               .where(HOOKS.c.id == hook_id)).first()
     if hook is None:

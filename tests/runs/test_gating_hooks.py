@@ -211,3 +211,25 @@ class TestPostTool:
             await hooked.register(alice, phase="post_tool")
             _, results = await calculate(alice)
         assert results == ["5"]
+
+
+class TestCircuit:
+    async def test_a_failing_hook_opens_its_circuit_and_is_no_longer_called(self, alice: Api):
+        hooked = Hooked(lambda _p: Reply.text("boom", status=500))
+        async with hooked.receiver:
+            hook_id = await hooked.register(alice, failure_mode="open")
+            await alice.agent("calc", [calls(*[("calculator", {"expression": f"{i}+0"})
+                                               for i in range(5)]), step("done")],
+                              tools=[CALCULATOR], tool_policy={"max_parallel": 1})
+            await alice.wait((await alice.start(await alice.session("calc")))["id"])
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await alice.client.get(f"/v1/hooks/{hook_id}")).json()["circuit"] != "open":
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.1)  # the hooks a run reads are kept for a second
+            called = len(hooked.payloads)
+            run = await alice.wait((await alice.start(await alice.session("calc")))["id"])
+        assert len(hooked.payloads) == called  # the open circuit kept the hook out
+        decisions = of_type(await alice.events(run["id"]), "hook.decision")
+        assert decisions and all("circuit is open" in d["data"]["error"] for d in decisions)
+        assert run["status"] == "completed"
