@@ -205,6 +205,27 @@ class TestPostTool:
         completed = of_type(await alice.events(run["id"]), "tool.completed")[0]["data"]
         assert completed["output"] == "5?!"
 
+    @pytest.mark.parametrize("failure", ["500", "timeout"])
+    async def test_a_failing_closed_post_hook_withholds_the_output(self, alice: Api,
+                                                                   failure: str):
+        async def fail(_request: Received) -> Reply:
+            if failure == "timeout":
+                await asyncio.sleep(2)
+            return Reply.text("boom", status=500)
+
+        receiver = Receiver(fail)
+        async with receiver:
+            response = await alice.client.post("/v1/hooks", json={
+                "name": "post", "phase": "post_tool", "url": receiver.url("/hook"),
+                "timeout_ms": 200, "failure_mode": "closed"})
+            assert response.status_code == 201, response.text
+            run, results = await calculate(alice)
+        assert results[0].startswith("<withheld: the hook")
+        completed = of_type(await alice.events(run["id"]), "tool.completed")[0]["data"]
+        assert completed["is_error"] is True
+        decided = of_type(await alice.events(run["id"]), "hook.decision")[0]["data"]
+        assert decided["phase"] == "post_tool" and decided["decision"] == "deny"
+
     async def test_a_failing_post_hook_is_open_by_default(self, alice: Api):
         hooked = Hooked(lambda _p: Reply.text("down", status=503))
         async with hooked.receiver:
