@@ -79,7 +79,9 @@ class EventOutbox:
         runs = self._runs_of(connection, {event["run_id"] for event in events})
         now = utcnow()
         rows = []
-        for event in events:
+        # A transaction inserts the events of its writes before the events it was handed
+        # to store (a run's end before the turn's last deltas): a run's order is its seq.
+        for event in sorted(events, key=lambda e: (e["run_id"], e["seq"])):
             owner, agent, session_id = runs.get(event["run_id"], ("", "", ""))
             ts = rfc3339(event["ts"])
             status = STATE_OF.get(event["type"])

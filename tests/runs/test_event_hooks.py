@@ -164,3 +164,29 @@ class TestCircuit:
                     break
                 assert time.monotonic() < deadline, hook
                 await asyncio.sleep(0.1)
+
+
+class TestOrder:
+    async def test_each_runs_events_arrive_in_seq_order_under_load(self, alice: Api):
+        every = ["run.created", "run.started", "turn.started", "message.completed", "usage",
+                 "tool.started", "tool.completed", "turn.completed", "run.completed"]
+        inbox = Inbox()
+        async with inbox.receiver:
+            await inbox.register(alice, every)
+            await alice.agent("calc", [calls(("calculator", {"expression": "1+1"})),
+                                       step("2")], tools=[CALCULATOR])
+            # Runs at once, so the writer commits their events in shared transactions.
+            sessions = [await alice.session("calc") for _ in range(16)]
+            runs = await asyncio.gather(*(alice.start(session) for session in sessions))
+            ended = [await alice.wait(run["id"]) for run in runs]
+            count = 0
+            for run in ended:
+                count += len([e for e in await alice.events(run["id"]) if e["type"] in every])
+            await inbox.until(count, timeout_s=30)
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for payload in inbox.received:
+            by_run.setdefault(payload["event"]["run_id"], []).append(payload["event"])
+        for events in by_run.values():
+            seqs = [event["seq"] for event in events]
+            assert seqs == sorted(seqs), [(e["seq"], e["type"]) for e in events]
+            assert events[-1]["type"] == "run.completed"
