@@ -170,6 +170,8 @@ class Settings(BaseSettings):
     action_timeout_s: float = Field(default=600, gt=0)
     hook_max_attempts: int = Field(default=8, ge=1, le=100)
     max_subrun_depth: int = Field(default=3, ge=0, le=16)
+    snapshot_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """The default cap of a snapshot's envelope, and the cap of an imported one."""
 
     @field_validator("allow_private_urls", mode="plain")
     @classmethod

@@ -19,7 +19,7 @@ from typing import Any
 from app.loop.config import LoopConfig
 from app.loop.hooks import ToolDenial
 from app.loop.ports import LoopPorts
-from app.loop.steps import Approval, AwaitInput, Continue, Failed, Final, Step, Stop
+from app.loop.steps import Approval, AwaitInput, Continue, Failed, Final, Parked, Step, Stop
 from app.loop.tool_calls import complete_call, deny_call, run_tool_calls
 from app.providers.base import (
     Completion,
@@ -63,6 +63,8 @@ class Outcome:
                        usage=usage)
         if isinstance(step, AwaitInput):
             return cls("requires_action", turns, usage=usage, awaiting=step)
+        if isinstance(step, Parked):
+            return cls("paused", turns, usage=usage)
         return cls("failed", turns, error={"code": step.code, "detail": step.detail},
                    usage=usage)
 
@@ -165,7 +167,12 @@ class AgentLoop:
         while True:
             if should_stop():
                 raise asyncio.CancelledError("the run was asked to stop")
+            if await self.ports.hooks.should_park():
+                return Parked(self.turns)
             await self._take_input()
+            compacted = await self.ports.hooks.compact(self.history)
+            if compacted is not None:
+                self.history = compacted
             step = await self.step()
             if isinstance(step, Final) and step.stop_reason == "end_turn" and (
                     await self._take_input()):

@@ -50,6 +50,16 @@ class LifecycleHooks:
         id) to run it, a `ToolDenial`, or `NeedsApproval`."""
         return call
 
+    async def should_park(self) -> bool:
+        """At a turn boundary, before steering input is taken: whether the run parks here
+        (the runtime pauses)."""
+        return False
+
+    async def compact(self, history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """At a turn boundary, after steering input: the history (request shape) to go on
+        with when the session's history was compacted; None to keep `history`."""
+        return None
+
     async def take_input(self) -> list[dict[str, Any]]:
         """At a turn boundary: steering input to deliver now, as stored messages (the
         caller has stored them and recorded `run.input`)."""

@@ -63,6 +63,15 @@ class Failed:
     detail: str
 
 
-Step = Continue | Final | AwaitInput | Failed
-Stop = Final | AwaitInput | Failed
+@dataclass(frozen=True)
+class Parked:
+    """The runtime pauses: the run stops at this turn boundary, its history complete (no
+    tool call open). `AgentLoop.run` on the stored history goes on from here."""
+
+    turn: int
+    """The last turn completed."""
+
+
+Step = Continue | Final | AwaitInput | Failed | Parked
+Stop = Final | AwaitInput | Failed | Parked
 """A step the driver returns to its caller."""

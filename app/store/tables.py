@@ -265,3 +265,47 @@ class IdempotencyKey(SQLModel, table=True):
     resource_id: str | None = Field(default=None, max_length=40)
     created_at: datetime = _timestamp()
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class RuntimeState(SQLModel, table=True):
+    """Whether the runtime is paused (§9): one row, shared by every process on the database."""
+
+    __tablename__ = "runtime_state"
+
+    id: str = Field(primary_key=True, max_length=16)
+    status: str = Field(default="running", max_length=16)
+    """`running` or `paused` (runs still parking make a paused runtime report `pausing`)."""
+    paused_at: datetime | None = _timestamp(nullable=True)
+    deadline: datetime | None = _timestamp(nullable=True)
+    """When runs that have not parked yet are cancelled."""
+    updated_at: datetime = _timestamp()
+
+
+class Snapshot(SQLModel, table=True):
+    """A portable envelope of the service's state (§11); its bytes are its chunks."""
+
+    __tablename__ = "snapshots"
+
+    id: str = Field(primary_key=True, max_length=40)
+    label: str | None = Field(default=None, max_length=200)
+    format_version: int
+    byte_size: int = Field(default=0, sa_type=sa.BigInteger)
+    sha256: str = Field(default="", max_length=64)
+    counts: dict[str, Any] = _json()
+    source: dict[str, Any] = _json()
+    ready: bool = False
+    """False while its chunks are being written (a crash then leaves it unlisted)."""
+    created_at: datetime = _timestamp(index=True)
+
+
+class SnapshotChunk(SQLModel, table=True):
+    """A slice of a snapshot's envelope bytes, in order of `idx`."""
+
+    __tablename__ = "snapshot_chunks"
+
+    snapshot_id: str = Field(
+        sa_column=sa.Column(sa.String(40), sa.ForeignKey("snapshots.id", ondelete="CASCADE"),
+                            primary_key=True)
+    )
+    idx: int = Field(primary_key=True)
+    data: bytes = Field(sa_type=sa.LargeBinary, nullable=False)
