@@ -66,6 +66,8 @@ class RunHost(LifecycleHooks):
         self.hooks_gate: HookGate | None = None
         self.steered: Callable[[], bool] = lambda: False
         """Whether steering input may be waiting (asked at each turn boundary)."""
+        self.parking: Callable[[], bool] = lambda: False
+        """Whether the runtime pauses (asked at each turn boundary)."""
         self.hosts: HostPolicy | None = None
         self._contexts: dict[str, ToolContext] = {}
         self.input_after_wait: list[dict[str, Any]] = []
@@ -151,6 +153,9 @@ class RunHost(LifecycleHooks):
         if not self.hooks_gate:
             return result
         return await self.hooks_gate.after(turn, call, result)
+
+    async def should_park(self) -> bool:
+        return self.parking()
 
     async def take_input(self) -> list[dict[str, Any]]:
         if not self.steered():
