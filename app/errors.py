@@ -94,6 +94,18 @@ class Unavailable(AppError):
     status_code, code, title = 503, "unavailable", "Service unavailable"
 
 
+class RuntimePaused(AppError):
+    status_code, code, title = 503, "runtime_paused", "Runtime paused"
+
+
+class AlreadyPaused(Conflict):
+    code, title = "already_paused", "Already paused"
+
+
+class NotPaused(Conflict):
+    code, title = "not_paused", "Not paused"
+
+
 _STATUS_CODES = {
     400: ("bad_request", "Bad request"),
     401: ("unauthorized", "Unauthorized"),

@@ -11,7 +11,18 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import agents, health, hooks, keys, metrics, providers, runs, sessions, tool_secrets
+from app.api import (
+    agents,
+    health,
+    hooks,
+    keys,
+    metrics,
+    providers,
+    runs,
+    runtime,
+    sessions,
+    tool_secrets,
+)
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.events.bus import EventBus
@@ -89,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     for router in (health.router, metrics.router, keys.router, agents.router, sessions.router,
-                   runs.router, providers.router, tool_secrets.router, hooks.router):
+                   runs.router, providers.router, tool_secrets.router, hooks.router,
+                   runtime.router):
         app.include_router(router)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)

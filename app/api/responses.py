@@ -17,7 +17,8 @@ _DESCRIPTIONS = {
     413: "Request body over the size cap (`body_too_large`)",
     422: "Invalid payload (`validation_error`, with `errors`)",
     429: "Too many runs running or queued (`backpressure`, with `Retry-After`)",
-    503: "The service is shutting down or a dependency is down (`unavailable`)",
+    503: "The runtime is paused (`runtime_paused`, for new runs), the service is shutting "
+         "down or a dependency is down (`unavailable`); with `Retry-After`",
 }
 
 

@@ -22,6 +22,7 @@ from app.errors import (
     Conflict,
     IdempotencyConflict,
     NotFound,
+    RuntimePaused,
     SessionBusy,
     Unavailable,
     ValidationFailed,
@@ -29,6 +30,7 @@ from app.errors import (
 from app.events.types import envelope
 from app.ids import new_id
 from app.rules import session_status
+from app.runs.runtime import RETRY_AFTER_S
 from app.runs.store import StartedRun, locked_session, record, update_by_id
 from app.schemas.runs import Run as RunSchema
 from app.schemas.runs import RunCreate
@@ -85,6 +87,9 @@ class Policy:
     """Claims the run in its creation write, when the manager has a slot for it
     (`RunStore.claim` without its claim values)."""
     known_providers: list[str]
+    paused: bool = False
+    """The runtime is paused: the run is refused (a subrun, part of its parent's turn, is
+    not)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,9 @@ def _steer(connection: Connection, run_id: str, body: RunCreate,
 def _check(policy: Policy, config: dict[str, Any], body: RunCreate, session: Any) -> None:
     if not policy.accepting:
         raise Unavailable("the service is shutting down", headers={"Retry-After": "5"})
+    if policy.paused:
+        raise RuntimePaused("the runtime is paused; new runs start once it resumes",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
     provider = config["model"].split(":", 1)[0]
     if provider not in policy.known_providers:
         raise ValidationFailed.at(

@@ -28,6 +28,7 @@ from app.providers.registry import ProviderRegistry
 from app.runs import resume, waits
 from app.runs.create import Parent
 from app.runs.host import RunEvents, RunHost
+from app.runs.runtime import Runtime
 from app.runs.store import Ended, RunStore, StartedRun, StateChanged, is_queued
 from app.runs.subruns import Subruns
 from app.runs.tools import ToolConflict, ToolSources, build_tools
@@ -116,6 +117,7 @@ class RunManager:
         """Runs executing here that were given steering input since they last took it."""
         self._resubmit: set[str] = set()
         """Runs whose end was turned into one more turn: started again once their task ends."""
+        self.runtime = Runtime(self)
 
     # admission
 
@@ -136,7 +138,8 @@ class RunManager:
         """Start the run when a slot is free, else queue it (FIFO)."""
         if run_id in self._tasks or run_id in self._waiting:
             return
-        if self.active_count < self.settings.max_concurrent_runs:
+        if (self.active_count < self.settings.max_concurrent_runs
+                and not self.runtime.paused):
             self._start(run_id)
         else:
             self._waiting.append(run_id)
@@ -149,7 +152,7 @@ class RunManager:
         comes meanwhile is kept and applied as the run starts.
         """
         full = self.active_count >= self.settings.max_concurrent_runs
-        if not self.accepting or (full and not beyond_limit):
+        if not self.accepting or ((full or self.runtime.paused) and not beyond_limit):
             return False
         self._reserved.add(run_id)
         return True
@@ -157,7 +160,7 @@ class RunManager:
     def release_slot(self, run_id: str) -> None:
         if run_id in self._reserved:
             self._reserved.discard(run_id)
-            self._admit()
+            self.admit()
 
     def launch(self, started: StartedRun) -> None:
         """Execute a run its creation write claimed (in the slot reserved for it)."""
@@ -178,7 +181,7 @@ class RunManager:
         if run_id in self._resubmit:
             self._resubmit.discard(run_id)
             self.submit(run_id)
-        self._admit()
+        self.admit()
 
     def steer(self, run_id: str) -> None:
         """Steering input was stored for the run: if it executes here, it takes the input at
@@ -187,12 +190,19 @@ class RunManager:
         if self.is_running_here(run_id):
             self._steered.add(run_id)
 
-    def _admit(self) -> None:
-        while (self.accepting and self._waiting
+    def admit(self) -> None:
+        """Start queued runs while slots are free (none while the runtime is paused)."""
+        while (self.accepting and not self.runtime.paused and self._waiting
                and self.active_count < self.settings.max_concurrent_runs):
             self._start(self._waiting.popleft())
 
     # control
+
+    def running_tasks(self) -> set[asyncio.Task[None]]:
+        return set(self._tasks.values())
+
+    def running_ids(self) -> list[str]:
+        return list(self._tasks)
 
     def is_running_here(self, run_id: str) -> bool:
         return run_id in self._tasks or run_id in self._waiting or run_id in self._reserved
@@ -250,7 +260,7 @@ class RunManager:
         try:
             ended = await self.store.finish(
                 run_id, status, f"run.{status}", {"reason": reason}, error=None,
-                expect=lambda run: bool(run.status == "requires_action"))
+                expect=lambda run: run.status in ("requires_action", "paused"))
         except StateChanged:
             return False
         self._ended(ended, status)
@@ -276,6 +286,7 @@ class RunManager:
         """Start the writer, recover the runs no live process executes, then admit runs."""
         self.writer.start()
         await self.outbox.refresh()
+        await self.runtime.load()
         await self.recover(at_start=True)
         self._lease_task = asyncio.create_task(self._renew_leases(), name="loomd-leases")
         self._expiry_task = asyncio.create_task(self._expire_waits(), name="loomd-waits")
@@ -345,6 +356,7 @@ class RunManager:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self.runtime.close()
             await self.sender.stop()
             if self._delivery_writes:
                 await asyncio.wait(set(self._delivery_writes), timeout=5)
@@ -382,6 +394,10 @@ class RunManager:
             await asyncio.sleep(WAIT_CHECK_S)
             if not self.accepting:
                 continue
+            try:
+                await self.runtime.follow()
+            except Exception:
+                logger.exception("could not read the runtime's state")
             try:
                 expired = await self.store.expired_waits()
             except Exception:
@@ -443,6 +459,8 @@ class RunManager:
         host.agent = run.agent
         host.active_ms_before = run.active_ms
         host.steered = lambda: self._take_steer(run_id)
+        # A subrun is its parent's tool call: it runs on, and its parent parks after it.
+        host.parking = lambda: self.runtime.paused and run.depth == 0
         if run.pending_input:  # stored while it waited or was queued
             self._steered.add(run_id)
         host.provider_name = str(run.config.get("model", "")).split(":", 1)[0]
@@ -550,8 +568,9 @@ class RunManager:
         loop.turns = run.turns
         loop.usage.update(run.usage)
         should_stop = lambda: run.id in self._stops  # noqa: E731
-        if run.waiting is not None and run.waiting.get("kind") == "input":
-            # It had answered when steering input came; the input is in the history now.
+        if run.waiting is not None and run.waiting.get("kind") in ("input", "parked"):
+            # It parked at a turn boundary, or had answered when steering input came (the
+            # input is in the history now): it goes on from the stored history.
             step = await loop.run(started.history, should_stop=should_stop)
             return Outcome.of(step, loop.turns, dict(loop.usage))
         if run.waiting is not None:
@@ -615,6 +634,8 @@ class RunManager:
         turns, usage = host.progress()
         if outcome.awaiting is not None:
             await self._wait(host, outcome.awaiting, turns, usage)
+        elif outcome.status == "paused":
+            await self._park(host, turns, usage)
         elif outcome.status == "completed":
             await self._end(host, "completed", {
                 "stop_reason": outcome.stop_reason, "output": outcome.output, "usage": usage,
@@ -648,6 +669,21 @@ class RunManager:
         self.writer.publish(event)
         self.publish_state(host.run_id, host.session_id, host.agent, host.owner,
                            "requires_action")
+
+    async def _park(self, host: RunHost, turns: int, usage: dict[str, int]) -> None:
+        """Leave the run parked while the runtime is paused: it holds no slot meanwhile, and
+        paused time does not count toward its timeout."""
+        try:
+            event = await self.store.park(
+                host.run_id, host.session_id, seq=host.events.seq + 1,
+                active_ms=self._active_ms(host), turns=turns, usage=usage, tally=host.tally)
+        except StateChanged:
+            logger.warning("the run was ended elsewhere", extra={"run_id": host.run_id})
+            return
+        host.events.seq += 1
+        self.writer.publish(event)
+        self.runtime.parked()
+        self.publish_state(host.run_id, host.session_id, host.agent, host.owner, "paused")
 
     async def _end(self, host: RunHost, status: str, data: dict[str, Any], **fields: Any) -> None:
         """Store the run's end; raises `StorageFailed` when a write of the run failed."""

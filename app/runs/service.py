@@ -61,7 +61,8 @@ async def start_run(
         accepting=manager.accepting, has_capacity=claim or manager.has_capacity(),
         claim=(lambda connection, run_id, **handed: store.claim(
             connection, run_id, store.claim_values(), **handed)) if claim else None,
-        known_providers=manager.settings.provider_names())
+        known_providers=manager.settings.provider_names(),
+        paused=manager.runtime.paused and parent is None)
     write = creation(run_id, principal, body, policy, session_id=session_id,
                      new_session=new_session, scope=scope, digest=digest, parent=parent)
     try:

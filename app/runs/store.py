@@ -131,6 +131,13 @@ class RunStore:
             sa.select(RUNS, (RUNS.c.lease_expires_at < self._now).label("lease_expired"))
             .where(RUNS.c.id == q.ID).with_for_update())
         """The run's row, locked, and whether its lease expired."""
+        self._park = (
+            sa.update(RUNS)
+            .where(RUNS.c.id == q.ID, RUNS.c.status == "running",
+                   RUNS.c.executor_id == self.executor_id)
+            .values(**q.set_values(RUNS, frozenset({
+                "status", "waiting", "executor_id", "lease_expires_at", "active_ms",
+                "last_seq", "turns", "usage"}))))
         self.insert_run = q.INSERT_RUN.values(lease_expires_at=self.lease_end)
         """Inserts a run with its lease (`lease()` gives the lease's parameters)."""
 
@@ -178,9 +185,9 @@ class RunStore:
         those of this instance id (a restart of it); with `everything` (a SQLite file whose
         lock this process holds), every unfinished run.
         """
-        # A run waiting for people is executed by no process, so none can die under it.
-        query = sa.select(RUNS.c.id).where(RUNS.c.status.in_(ACTIVE_STATUSES),
-                                           RUNS.c.status != "requires_action")
+        # A run waiting for people, or parked, is executed by no process, so none can die
+        # under it.
+        query = sa.select(RUNS.c.id).where(RUNS.c.status.in_(("queued", "running")))
         if not everything:
             expired = RUNS.c.lease_expires_at < self._now
             query = query.where(sa.or_(expired, RUNS.c.executor_id == self.executor_id)
@@ -329,6 +336,46 @@ class RunStore:
             return envelope("run.requires_action", seq, run_id, session_id, now, data)
 
         return await self.writer.submit(wait, run_id=run_id)
+
+    async def park(self, run_id: str, session_id: str, *, seq: int, active_ms: int,
+                   turns: int, usage: dict[str, int], tally: Tally) -> dict[str, Any]:
+        """Leave the run parked at a turn boundary (`paused`, the runtime pauses), held by no
+        process, with its `run.paused` event; returns the event. Raises `StateChanged` when
+        the run is not running here any more."""
+        counters = tally.take()
+        now = utcnow()
+        values = q.values_of({
+            "status": "paused", "waiting": {"kind": "parked", "turn": turns},
+            "executor_id": None, "lease_expires_at": None, "active_ms": active_ms,
+            "last_seq": seq, "turns": turns, "usage": usage})
+
+        def park(connection: Connection) -> dict[str, Any]:
+            if connection.execute(self._park, {"_id": run_id, **values}).rowcount != 1:
+                raise StateChanged(run_id)
+            q.insert_events(connection, {"run_id": run_id, "seq": seq, "type": "run.paused",
+                                         "data": {}, "ts": now})
+            update_by_id(connection, SESSIONS, session_id, {"updated_at": now}, counters)
+            return envelope("run.paused", seq, run_id, session_id, now, {})
+
+        return await self.writer.submit(park, run_id=run_id)
+
+    async def unpark(self, run_ids: Sequence[str] | None = None) -> list[str]:
+        """Queue parked runs that no process holds to go on here (all of them, or those of
+        `run_ids`); their ids, oldest first."""
+        statement = (sa.update(RUNS)
+                     .where(RUNS.c.status == "paused", RUNS.c.executor_id.is_(None))
+                     .values(status="queued", executor_id=self.executor_id,
+                             lease_expires_at=self.lease_end)
+                     .returning(RUNS.c.id, RUNS.c.created_at))
+        if run_ids is not None:
+            statement = statement.where(RUNS.c.id.in_(list(run_ids)))
+        lease = self.lease()
+
+        def unpark(connection: Connection) -> list[str]:
+            rows = connection.execute(statement, lease).all()
+            return [run_id for run_id, _ in sorted(rows, key=lambda row: (row[1], row[0]))]
+
+        return await self.writer.submit(unpark)
 
     async def take_input(self, run_id: str, session_id: str, seq: int,
                          tally: Tally) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
