@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import ADMIN_TOKEN, Users, client_for
+from tests.conftest import ADMIN_TOKEN, Users, _truncate, client_for, postgres_url
 from tests.runs.conftest import running_app
 from tests.runs.helpers import (
     CALCULATOR,
@@ -216,3 +217,47 @@ class TestPauseAcrossRestarts:
             ended = await api.wait(run["id"])
             assert (ended["status"], ended["output"]) == ("completed", "done after the pause")
             await api.client.aclose()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Processes share a database only on Postgres (a SQLite file has one process).
+    if "replicas_backend" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--backend")
+        metafunc.parametrize("replicas_backend", ["postgres"] if chosen != "sqlite" else [])
+
+
+class TestPauseAcrossProcesses:
+    async def test_a_pause_on_one_process_parks_the_runs_of_another(
+            self, replicas_backend: str, postgres_database: str) -> None:
+        await _truncate(postgres_database)
+        url = postgres_url(postgres_database)
+        async with (running_app(url, instance_id="one") as one,
+                    running_app(url, instance_id="two") as two,
+                    client_for(one, ADMIN_TOKEN) as admin_one,
+                    client_for(two, ADMIN_TOKEN) as admin_two):
+            users = Users(two, admin_two)
+            api = Api(await users.client("alice"))
+            # Longer than the second the other process may take to notice the pause.
+            script = [calls(("sleep", {"seconds": 2})), step("done after the pause")]
+            await api.agent("slow", script, tools=[SLEEP])
+            run = await api.start(await api.session("slow"))
+            await api.until(run["id"], "tool.started")
+
+            await pause(admin_one)
+
+            await until_status(api, run["id"], "paused")
+            assert (await runtime(admin_two))["status"] == "paused"
+            refused = await api.post_run(await api.session("slow"))
+            assert_problem(refused, 503, "runtime_paused")
+            assert (await resume(admin_one))["resumed_runs"] == 1
+            ended = await api.wait(run["id"])
+            assert (ended["status"], ended["output"]) == ("completed", "done after the pause")
+            await until_runtime(admin_two, "running")
+            await users.close()
+
+
+async def until_runtime(admin: httpx.AsyncClient, status: str, timeout_s: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (await runtime(admin))["status"] != status:
+        assert asyncio.get_running_loop().time() < deadline, status
+        await asyncio.sleep(0.05)
