@@ -21,6 +21,7 @@ async def answer(
     answered, the run goes on (here, claimed in that write when a slot is free). Returns the
     run's row as written; raises the API's errors, writing nothing, when they do not fit."""
     reserved = manager.reserve_slot(run_id)
+    park = manager.runtime.paused
     store = manager.store
     write = waits.answer_write(
         run_id, kind, answers, can_see=can_see, executor_id=manager.executor_id,
@@ -28,7 +29,7 @@ async def answer(
         claim=(lambda connection, claimed: store.claim(connection, claimed,
                                                        store.claim_values()))
         if reserved else None,
-        expired_only=expired_only)
+        expired_only=expired_only, park=park)
     try:
         answered = await manager.writer.submit(write)
     except StorageFailed as failure:
@@ -45,7 +46,11 @@ async def answer(
         manager.launch(answered.started)
     else:
         manager.release_slot(run_id)
-        if answered.resumed:
+        if answered.resumed and run.status == "paused":
+            # The runtime may have resumed meanwhile, taking only the runs parked by then.
+            if not manager.runtime.paused:
+                await manager.runtime.resume_parked([run_id])
+        elif answered.resumed:
             manager.submit(run_id)
     if answered.resumed:
         manager.publish_state(run.id, run.session_id, run.agent, run.owner, run.status)

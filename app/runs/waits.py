@@ -125,12 +125,14 @@ def answer_write(
     run_id: str, kind: str, answers: Answers, *, can_see: Callable[[str], bool],
     executor_id: str, lease: dict[str, Any], lease_end: Any,
     claim: Callable[[Connection, str], StartedRun | None] | None,
-    expired_only: bool = False,
+    expired_only: bool = False, park: bool = False,
 ) -> Callable[[Connection], Answered]:
     """The write that records answers to the run's open wait of `kind`.
 
     `claim` claims the run for this process once it is resumed (when a slot is reserved).
     With `expired_only`, a wait that has not expired yet is left alone (`RunNotWaiting`).
+    With `park` (the runtime is paused), a run whose every call is answered is left
+    `paused`, held by no process, instead of `queued`: it goes on when the runtime resumes.
     """
     def write(connection: Connection) -> Answered:
         now = utcnow()
@@ -167,18 +169,19 @@ def answer_write(
             "decisions": [*run.decisions, *({**d, "decided_at": rfc3339(d["decided_at"])}
                                             for d in decisions)]}
         if resumed:
-            values.update(status="queued", required_action=None, action_expires_at=None,
-                          executor_id=executor_id)
+            values.update(status="paused" if park else "queued", required_action=None,
+                          action_expires_at=None, executor_id=None if park else executor_id)
         else:  # the calls still to be decided
             action = run.required_action
             values["required_action"] = {**action, "tool_calls": [
                 c for c in action["tool_calls"] if c["id"] not in waiting["answers"]]}
         update_by_id(connection, RUNS, run.id, values)
-        if resumed:
+        if resumed and not park:
             connection.execute(
                 sa.update(RUNS).where(RUNS.c.id == q.ID).values(lease_expires_at=lease_end),
                 {"_id": run.id, **lease})
-        started = claim(connection, run.id) if resumed and claim is not None else None
+        started = (claim(connection, run.id) if resumed and not park and claim is not None
+                   else None)
         row = record(connection.execute(q.RUN_BY_ID, {"_id": run.id}).first())
         return Answered(as_run(vars(row)), events, resumed, started)
 

@@ -160,7 +160,7 @@ class TestPause:
         ended = await alice.wait(run["id"])
         assert (ended["status"], ended["output"]) == ("completed", "done after the pause")
 
-    async def test_a_run_answered_while_paused_goes_on_only_after_resume(
+    async def test_a_run_answered_while_paused_stays_parked_until_resume(
             self, admin: httpx.AsyncClient, alice: Api) -> None:
         tool = {"type": "client", "name": "ask", "parameters": {"type": "object"}}
         await alice.agent("client", [calls(("ask", {})), step("thanks")], tools=[tool])
@@ -172,9 +172,10 @@ class TestPause:
         answered = await alice.client.post(f"/v1/runs/{run['id']}/tool-outputs", json={
             "outputs": [{"tool_call_id": call_id, "output": "42"}]})
         assert answered.status_code == 200, answered.text
+        assert answered.json()["status"] == "paused"
         await asyncio.sleep(0.3)
-        assert (await alice.get_run(run["id"]))["status"] == "queued"
-        assert (await runtime(admin))["queued_runs"] == 1
+        assert (await alice.get_run(run["id"]))["status"] == "paused"
+        assert (await runtime(admin))["paused_runs"] == 1
 
         await resume(admin)
         ended = await alice.wait(run["id"])
