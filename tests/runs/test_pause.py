@@ -198,6 +198,29 @@ class TestPause:
         assert (await resume(admin))["resumed_runs"] == 0
 
 
+    async def test_a_subrun_runs_on_and_its_parent_parks_after_it(
+            self, admin: httpx.AsyncClient, alice: Api) -> None:
+        await alice.agent("child", [calls(("sleep", {"seconds": 0.5})), step("child done")],
+                          tools=[SLEEP])
+        delegate = {"type": "agent", "name": "delegate", "agent": "child"}
+        await alice.agent("parent", [calls(("delegate", {"input": "go"})),
+                                     step("parent done")], tools=[delegate])
+        run = await alice.start(await alice.session("parent"))
+        started = of_type(await alice.until(run["id"], "subrun.started"), "subrun.started")
+        child_id = started[0]["data"]["run_id"]
+        await alice.until(child_id, "tool.started")
+
+        paused = await pause(admin)
+
+        assert (paused["paused_runs"], paused["force_cancelled"]) == (1, 0)
+        child = await alice.get_run(child_id)
+        assert (child["status"], child["output"]) == ("completed", "child done")
+        assert (await alice.get_run(run["id"]))["status"] == "paused"
+        await resume(admin)
+        ended = await alice.wait(run["id"])
+        assert (ended["status"], ended["output"]) == ("completed", "parent done")
+
+
 class TestPauseAcrossRestarts:
     async def test_a_restart_while_paused_stays_paused_and_resumes_the_parked_run(
             self, database_url: str) -> None:
