@@ -26,13 +26,13 @@ from app.auth import Principal
 from app.clock import utcnow
 from app.config import Settings
 from app.errors import Conflict, NotFound, ValidationFailed
+from app.hooks.signing import signed_headers
 from app.ids import new_id
 from app.schemas.hooks import HookCreate, HookUpdate, phase_problem
 from app.store.db import Database
 from app.store.pagination import newest_first
 from app.store.tables import Hook, HookDelivery
 from app.tools import net
-from app.tools.http_tool import signed_headers
 from app.tools.url_guard import PrivateUrl, check_public_url
 
 SECRET_PREFIX = "whsec_"
@@ -291,7 +291,7 @@ async def ping(
     created_at = utcnow()
     payload = {"type": "ping", "hook_id": hook.id, "owner": hook.owner}
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    headers = signed_headers(hook.secret, body)
+    headers = signed_headers(hook.secret, new_id("msg"), body)
     attempt = await post_to_hook(settings, hook, body, headers)
     delivery = HookDelivery(
         id=new_id("dlv"), hook_id=hook.id, message_id=headers["webhook-id"], phase="ping",

@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
-from standardwebhooks.webhooks import Webhook
 
+from app.hooks.signing import signed_headers
 from app.ids import new_id
 from app.schemas.tools import HttpTool
 from app.tools import net
 from app.tools.base import Tool, ToolContext, ToolResult
 
 EXCERPT_CHARS = 500
-
-
-def signed_headers(secret: str, body: str, now: datetime | None = None) -> dict[str, str]:
-    """The Standard Webhooks headers of `body`, signed with `secret` (`whsec_…`)."""
-    moment = now or datetime.now(UTC)
-    message_id = new_id("msg")
-    return {
-        "webhook-id": message_id,
-        "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": Webhook(secret).sign(message_id, moment, body),
-    }
 
 
 class HttpEndpointTool:
@@ -61,7 +49,7 @@ class HttpEndpointTool:
         body = json.dumps({"tool_call_id": context.tool_call_id, "run_id": context.run_id,
                            "session_id": context.session_id, "arguments": arguments},
                           ensure_ascii=False, separators=(",", ":"))
-        headers = {"content-type": "application/json", **signed_headers(self._secret, body)}
+        headers = signed_headers(self._secret, new_id("msg"), body)
         try:
             async with (
                 asyncio.timeout(self.timeout_s),
