@@ -10,7 +10,6 @@ it through. Every call emits `hook.decision` and is recorded as a delivery.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -20,15 +19,13 @@ from typing import Any
 import httpx2
 
 from app.clock import utcnow
-from app.hooks.signing import signed_headers
+from app.hooks.attempt import post_signed, storable
 from app.ids import new_id
 from app.loop.hooks import NeedsApproval, ToolDecision, ToolDenial
 from app.providers.base import ToolCallOut
 from app.tools.base import ToolResult
 
-EXCERPT_CHARS = 1000
 CIRCUIT_OPEN = "its circuit is open after repeated failures"
-MAX_ANSWER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -175,48 +172,30 @@ class HookGate:
             raise HookFailed(CIRCUIT_OPEN)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         message_id = new_id("msg")
-        started = time.monotonic()
-        status_code: int | None = None
-        excerpt: str | None = None
-        error: str | None = None
-        try:
+        attempt = await post_signed(self.client, hook.url, hook.secret, message_id, body,
+                                    hook.timeout_ms)
+        answer: dict[str, Any] | None = None
+        error = attempt.failure
+        if error is None and attempt.status_code != 204 and attempt.content.strip():
             try:
-                response = await self.client.post(
-                    hook.url, content=body.encode(), timeout=hook.timeout_ms / 1000,
-                    headers=signed_headers(hook.secret, message_id, body))
-            except httpx2.TimeoutException:
-                raise HookFailed(f"no answer within {hook.timeout_ms} ms") from None
-            except (httpx2.HTTPError, OSError) as exc:
-                raise HookFailed(f"{type(exc).__name__}: {exc}") from None
-            except Exception as exc:  # the guard refusing the address, among others
-                raise HookFailed(f"{type(exc).__name__}: {exc}") from None
-            status_code = response.status_code
-            excerpt = response.text[:EXCERPT_CHARS] if response.content else None
-            if response.status_code == 204 or (200 <= status_code < 300
-                                               and not response.content.strip()):
-                return Answer(None, _ms(started))
-            if not 200 <= status_code < 300:
-                raise HookFailed(f"it answered {status_code}")
-            try:
-                answer = json.loads(response.content)
+                parsed = json.loads(attempt.content)
             except ValueError:
-                raise HookFailed("its answer is not JSON") from None
-            if not isinstance(answer, dict):
-                raise HookFailed("its answer is not a JSON object")
-            return Answer(answer, _ms(started))
-        except HookFailed as failure:
-            error = str(failure)
-            failure.duration_ms = _ms(started)
-            raise
-        finally:
-            seconds = time.monotonic() - started
-            self.record(Delivery(
-                id=new_id("dlv"), hook_id=hook.id, message_id=message_id, phase=phase,
-                run_id=self.run.run_id, payload=payload,
-                status="failed" if error else "delivered", status_code=status_code,
-                duration_ms=round(seconds * 1000),
-                error=error[:EXCERPT_CHARS] if error else None, response_excerpt=excerpt),
-                seconds)
+                parsed = None
+                error = "its answer is not JSON"
+            if error is None and not isinstance(parsed, dict):
+                error = "its answer is not a JSON object"
+            answer = parsed if error is None else None
+        self.record(Delivery(
+            id=new_id("dlv"), hook_id=hook.id, message_id=message_id, phase=phase,
+            run_id=self.run.run_id, payload=payload,
+            status="failed" if error else "delivered", status_code=attempt.status_code,
+            duration_ms=attempt.duration_ms, error=storable(error) if error else None,
+            response_excerpt=attempt.excerpt), attempt.duration_ms / 1000)
+        if error is not None:
+            failure = HookFailed(error)
+            failure.duration_ms = attempt.duration_ms
+            raise failure
+        return Answer(answer, attempt.duration_ms)
 
     async def _decided(self, hook: GatingHook, phase: str, call: ToolCallOut, decision: str,
                        duration_ms: int, failure: HookFailed | None = None) -> None:
@@ -225,10 +204,6 @@ class HookGate:
         if failure is not None:
             data["error"] = str(failure)
         await self.emit("hook.decision", data)
-
-
-def _ms(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
 
 
 def _invalid(text: str, duration_ms: int) -> HookFailed:

@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.clock import utcnow
+from app.hooks.attempt import post_signed
 from app.hooks.outbox import DELIVERIES, HOOKS, EventOutbox
-from app.hooks.signing import signed_headers
 from app.metrics import Metrics
 from app.store.db import Database
 from app.store.writer import Writer
@@ -38,7 +38,6 @@ BATCH = 100
 MAX_BACKOFF_S = 300.0
 CIRCUIT_FAILURES = 5
 CIRCUIT_OPEN_S = 30.0
-EXCERPT_CHARS = 1000
 
 _DUE_HOOKS = (
     sa.select(DELIVERIES.c.hook_id).distinct()
@@ -127,23 +126,10 @@ class EventSender:
     async def _send(self, hook: Any, delivery: Any) -> bool:
         """One attempt; whether it was delivered."""
         body = json.dumps(delivery.payload, ensure_ascii=False, separators=(",", ":"))
-        started = time.monotonic()
-        status_code: int | None = None
-        excerpt: str | None = None
-        error: str | None = None
-        try:
-            response = await self.client.post(
-                hook.url, content=body.encode(), timeout=hook.timeout_ms / 1000,
-                headers=signed_headers(hook.secret, delivery.message_id, body))
-            status_code = response.status_code
-            excerpt = response.text[:EXCERPT_CHARS] or None
-            if not 200 <= status_code < 300:
-                error = f"it answered {status_code}"
-        except httpx2.TimeoutException:
-            error = f"no answer within {hook.timeout_ms} ms"
-        except Exception as exc:  # refused connections, the guard, junk answers
-            error = f"{type(exc).__name__}: {exc}"[:EXCERPT_CHARS]
-        duration_ms = round((time.monotonic() - started) * 1000)
+        sent = await post_signed(self.client, hook.url, hook.secret, delivery.message_id, body,
+                                 hook.timeout_ms)
+        error, status_code, duration_ms = sent.failure, sent.status_code, sent.duration_ms
+        excerpt = sent.excerpt
         if self.metrics is not None:
             self.metrics.hook_deliveries.labels("event", "ok" if error is None else "error").inc()
         attempt = delivery.attempt + 1

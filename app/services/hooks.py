@@ -7,17 +7,13 @@ only when the hook is created. The run core loads the hooks that apply to a run 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-import httpx2
 import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,7 +22,7 @@ from app.auth import Principal
 from app.clock import utcnow
 from app.config import Settings
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.hooks.signing import signed_headers
+from app.hooks.attempt import post_signed
 from app.ids import new_id
 from app.schemas.hooks import HookCreate, HookUpdate, phase_problem
 from app.store.db import Database
@@ -37,8 +33,6 @@ from app.tools.url_guard import PrivateUrl, check_public_url
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 24
-EXCERPT_CHARS = 1024
-ERROR_CHARS = 1024
 
 
 class DeliveryNotDead(Conflict):
@@ -227,59 +221,6 @@ async def retry_delivery(
     return delivery
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """How one request to a hook went."""
-
-    status_code: int | None
-    """The receiver's HTTP status; None when no answer came."""
-    duration_ms: int
-    error: str | None
-    """Why no answer came (refused by the guard, connection, timeout), or None."""
-    answer: str
-    """The receiver's answer as text (at most `net.MAX_BODY_BYTES` of it)."""
-
-    @property
-    def delivered(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-    @property
-    def excerpt(self) -> str | None:
-        """The start of the answer, as stored with the delivery."""
-        return _storable(self.answer, EXCERPT_CHARS) if self.status_code is not None else None
-
-
-def _storable(text: str, limit: int) -> str:
-    # Postgres text cannot hold NUL characters, and whatever a receiver sends is stored.
-    return text.replace("\x00", "\ufffd")[:limit]
-
-
-async def post_to_hook(
-    settings: Settings, hook: Hook, body: str, headers: dict[str, str]
-) -> Attempt:
-    """POST `body` with `headers` (the signature among them) to the hook's URL, through the
-    connect-time guard, within the hook's timeout; never raises for a failing receiver."""
-    timeout_s = hook.timeout_ms / 1000
-    started = time.monotonic()
-    status_code: int | None = None
-    answer, error = "", None
-    try:
-        async with (
-            asyncio.timeout(timeout_s),
-            net.client(net.HostPolicy.any_public(settings), timeout_s,
-                       follow_redirects=False) as client,
-            client.stream("POST", hook.url, content=body.encode(),
-                          headers={"content-type": "application/json", **headers}) as response,
-        ):
-            raw, _truncated = await net.read_capped(response)
-            status_code, answer = response.status_code, net.body_text(raw, response)
-    except (net.BlockedUrl, httpx2.HTTPError, httpx2.InvalidURL, TimeoutError) as exc:
-        status_code, answer = None, ""
-        error = _storable(net.failure_text(exc, timeout_s), ERROR_CHARS)
-    duration_ms = round((time.monotonic() - started) * 1000)
-    return Attempt(status_code, duration_ms, error, answer)
-
-
 async def ping(
     database: Database, settings: Settings, principal: Principal, hook_id: str
 ) -> HookDelivery:
@@ -291,10 +232,13 @@ async def ping(
     created_at = utcnow()
     payload = {"type": "ping", "hook_id": hook.id, "owner": hook.owner}
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    headers = signed_headers(hook.secret, new_id("msg"), body)
-    attempt = await post_to_hook(settings, hook, body, headers)
+    message_id = new_id("msg")
+    async with net.client(net.HostPolicy.any_public(settings), hook.timeout_ms / 1000,
+                          follow_redirects=False) as client:
+        attempt = await post_signed(client, hook.url, hook.secret, message_id, body,
+                                    hook.timeout_ms)
     delivery = HookDelivery(
-        id=new_id("dlv"), hook_id=hook.id, message_id=headers["webhook-id"], phase="ping",
+        id=new_id("dlv"), hook_id=hook.id, message_id=message_id, phase="ping",
         event_type="ping", payload=payload,
         status="delivered" if attempt.delivered else "failed", attempt=1,
         status_code=attempt.status_code, duration_ms=attempt.duration_ms,
