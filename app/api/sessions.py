@@ -7,16 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
-from app.api.deps import CurrentPrincipal, Cursor, DbSession, Limit, get_database
+from app.api.deps import CurrentPrincipal, Cursor, DbSession, Limit, ManagerDep, get_database
 from app.api.responses import READ, WRITE, errors
 from app.errors import BadRequest
 from app.schemas.messages import Message, MessagesAppend
 from app.schemas.runs import Run, RunPage
 from app.schemas.sessions import (
     AgentFilter,
+    CompactionResult,
     MessagePage,
     MessagesAppended,
     Session,
+    SessionCompact,
     SessionCreate,
     SessionFork,
     SessionPage,
@@ -187,6 +189,28 @@ async def fork_session(
     fork = await service.fork_session(db, session, body.at_seq if body else None)
     response.headers["Location"] = f"/v1/sessions/{fork.id}"
     return _view(fork)
+
+
+@router.post(
+    "/{session_id}/compact", name="compact", summary="Compact a session's history",
+    responses=errors(
+        *WRITE, 409, 503,
+        s409=f"{BUSY}; or the session changed during the compaction, or its agent was "
+             "deleted (`conflict`)",
+        s503="The summary call failed (`unavailable`, `reason: summary_failed`, with the "
+             "provider's message): nothing was compacted"),
+)
+async def compact_session(
+    session_id: SessionId, principal: CurrentPrincipal, manager: ManagerDep,
+    body: SessionCompact | None = None,
+) -> CompactionResult:
+    """Fold all but the agent's `compaction.keep_last` active messages (never separating a
+    tool call from its results) into one summary message made by the agent's model. The
+    folded messages stay readable with `include_compacted=true`; `compacted` is false when
+    there is nothing to fold. The threshold and `enabled` do not apply here."""
+    outcome = await service.compact_session(manager, principal, session_id,
+                                            body.reason if body else None)
+    return CompactionResult.model_validate(outcome.data())
 
 
 @router.get(

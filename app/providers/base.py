@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class LLMRequest:
     provider_options: dict[str, Any] = field(default_factory=dict)
     call_index: int = 0
     """The session's LLM call counter (every attempt counts); the scripted provider uses it."""
+    purpose: Literal["turn", "summary"] = "turn"
+    """`summary`: the call summarises a session's older messages (compaction), not a turn;
+    the scripted provider answers it from `provider_options.summary`."""
 
 
 @dataclass(frozen=True)

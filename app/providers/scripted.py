@@ -20,9 +20,10 @@ from app.providers.base import (
 )
 from app.providers.estimate import compact_json, content_text, estimate_usage
 from app.providers.status import is_retryable_status
-from app.schemas.tools import ScriptStep
+from app.schemas.tools import ScriptStep, ScriptSummary
 
 _WORD_WITH_SPACE = re.compile(r"\s*\S+\s*")
+SUMMARY_EXCERPT_CHARS = 160
 
 
 def split_words(text: str) -> list[str]:
@@ -55,15 +56,32 @@ def _step_for(request: LLMRequest) -> ScriptStep | None:
         raise ProviderError(f"invalid script step {index}: {exc}", retryable=False) from exc
 
 
+def _summary_step(request: LLMRequest) -> ScriptStep:
+    """The answer to a summary call: `provider_options.summary`, else a deterministic
+    summary (an excerpt of what it was asked to summarise)."""
+    try:
+        summary = ScriptSummary.model_validate(request.provider_options.get("summary") or {})
+    except ValidationError as exc:
+        raise ProviderError(f"invalid summary option: {exc}", retryable=False) from exc
+    if summary.error is not None:
+        return ScriptStep(error=summary.error, delay_ms=summary.delay_ms)
+    text = summary.text
+    if text is None:
+        excerpt = " ".join(last_user_text(request.messages).split())[:SUMMARY_EXCERPT_CHARS]
+        text = f"summary: {excerpt}"
+    return ScriptStep(text=text, delay_ms=summary.delay_ms)
+
+
 class ScriptedProvider:
-    """Answers LLM call *k* of a session with step *k* of the script, then echoes."""
+    """Answers LLM call *k* of a session with step *k* of the script, then echoes; summary
+    calls are answered from `provider_options.summary`."""
 
     async def stream(self, request: LLMRequest) -> AsyncGenerator[Chunk, None]:
         """Stream step `request.call_index`: reasoning and text word by word, then a Completion.
 
         Raises `ProviderError` for an `error` step (retryable for 408, 429 and 5xx).
         """
-        step = _step_for(request)
+        step = _summary_step(request) if request.purpose == "summary" else _step_for(request)
         if step is None:
             step = ScriptStep(text=f"echo: {last_user_text(request.messages)}")
         if step.delay_ms:

@@ -7,14 +7,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from app.clock import utcnow
+from app.errors import AppError
 from app.events.types import TERMINAL_EVENTS, envelope
 from app.hooks.gating import HookGate
 from app.loop.config import RunConfig
-from app.loop.engine import AgentLoop
+from app.loop.engine import AgentLoop, to_openai
 from app.loop.hooks import LifecycleHooks, NeedsApproval, ToolDecision, ToolDenial
 from app.loop.ports import LoopPorts, Tools
 from app.metrics import Metrics
 from app.providers.base import Completion, LLMRequest, ProviderError, ToolCallOut, Usage
+from app.runs import compaction
 from app.runs.store import RunStore, Tally
 from app.store.writer import Writer
 from app.tools.base import ToolContext, ToolResult
@@ -77,6 +79,8 @@ class RunHost(LifecycleHooks):
         self.answered: set[str] = set()
         """Ids of the tool calls whose result message was handed to the store (a write a
         cancellation interrupted may still land), so the run's end leaves them alone."""
+        self.compacted_at_turn: int | None = None
+        """The turn boundary (turns so far) compaction was last tried at: once per boundary."""
 
     def configure(self, stored: Mapping[str, Any]) -> RunConfig:
         """The run's typed configuration, parsed from its stored `config` the first time."""
@@ -156,6 +160,52 @@ class RunHost(LifecycleHooks):
 
     async def should_park(self) -> bool:
         return self.parking()
+
+    async def compact(self, history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Compact the session when its history is estimated above the threshold (§10)."""
+        config, loop = self.config, self.loop
+        if config is None or loop is None or not config.compaction.enabled:
+            return None
+        before = compaction.estimate_tokens(history)
+        if before <= config.compaction.threshold_tokens or self.compacted_at_turn == loop.turns:
+            return None
+        self.compacted_at_turn = loop.turns
+        messages = await self.store.history(self.session_id)
+        if not messages:
+            return None
+        # At a turn boundary every tool call has its result, so no call is open.
+        plan = compaction.plan_fold(messages, config.compaction.keep_last, messages[-1]["seq"])
+        if plan is None:
+            return None
+        request = compaction.summary_request(config, loop.config.model, plan.folded,
+                                             self.next_call_index())
+        loop.usage["llm_calls"] += 1
+        try:
+            answer = await compaction.summarise(loop.provider, request)
+        except compaction.SummaryFailed as failure:
+            await self._not_compacted(before, compaction.SUMMARY_ERROR_CODE,
+                                      f"the summary call failed: {failure.detail}")
+            return None
+        for name, tokens in (("prompt_tokens", answer.usage.prompt_tokens),
+                             ("completion_tokens", answer.usage.completion_tokens),
+                             ("total_tokens", answer.usage.total_tokens)):
+            loop.usage[name] += tokens
+        self.add_usage(answer.usage)
+        summary = compaction.summary_message(answer)
+        try:
+            stored = await compaction.store_for_run(self.store, self.session_id, self.run_id,
+                                                    plan, summary)
+        except AppError as refused:
+            await self._not_compacted(before, refused.code, refused.detail)
+            return None
+        outcome = compaction.outcome_of(plan, summary, before, stored)
+        await self.emit("compaction.completed", outcome.data())
+        return [to_openai(m) for m in stored]
+
+    async def _not_compacted(self, before: int, code: str, detail: str) -> None:
+        outcome = compaction.Outcome(False, before, before, 0,
+                                     error={"code": code, "detail": detail})
+        await self.emit("compaction.completed", outcome.data())
 
     async def take_input(self) -> list[dict[str, Any]]:
         if not self.steered():

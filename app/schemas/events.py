@@ -103,9 +103,12 @@ class UsageData(TurnData):
 
 
 class CompactionData(_Data):
-    before_tokens: int
-    after_tokens: int
-    folded_messages: int
+    compacted: bool = Field(description="false when nothing was changed (see `error`)")
+    before_tokens: int = Field(description="estimated tokens of the active history before")
+    after_tokens: int = Field(description="estimated tokens of the active history after")
+    folded_messages: int = Field(description="messages summarised into the summary message")
+    error: RunError | None = Field(
+        None, description="why the history was not compacted (the summary call failed)")
 
 
 class SubrunData(_Data):

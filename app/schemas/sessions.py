@@ -40,6 +40,20 @@ class SessionFork(RequestModel):
     )
 
 
+class SessionCompact(RequestModel):
+    reason: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="why the history is compacted (logged only)")
+
+
+class CompactionResult(ResponseModel):
+    """What a compaction did; the same fields as the `compaction.completed` event."""
+
+    compacted: bool = Field(description="false when there was nothing to fold")
+    before_tokens: int = Field(description="estimated tokens of the active history before")
+    after_tokens: int = Field(description="estimated tokens of the active history after")
+    folded_messages: int = Field(description="messages summarised into the summary message")
+
+
 class SessionUsage(ResponseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

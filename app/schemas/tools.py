@@ -154,8 +154,18 @@ class ScriptStep(RequestModel):
         return self
 
 
+class ScriptSummary(RequestModel):
+    """The `scripted` provider's answer to summary calls (compaction, §10); they take no
+    step of the script. Without `text` or `error` it answers a deterministic summary."""
+
+    text: str | None = Field(default=None, description="the summary (an empty one fails)")
+    error: ScriptError | None = None
+    delay_ms: int | None = Field(default=None, ge=0, le=600_000)
+
+
 class ScriptedOptions(RequestModel):
     """`provider_options` of a `scripted:*` model."""
 
     script: list[ScriptStep] = Field(default_factory=list, max_length=10_000)
     chunk_delay_ms: int = Field(default=0, ge=0, le=60_000)
+    summary: ScriptSummary | None = None

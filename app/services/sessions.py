@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.auth import Principal
 from app.clock import utcnow
-from app.errors import NotFound, SessionBusy, ValidationFailed
+from app.errors import Conflict, NotFound, SessionBusy, Unavailable, ValidationFailed
 from app.ids import new_id
+from app.loop.config import RunConfig
+from app.providers.base import ProviderError
 from app.rules import message_view, open_calls_after, session_status
+from app.runs import compaction
 from app.schemas.messages import MessageIn
 from app.schemas.sessions import SessionCreate, SessionUpdate
 from app.services.agents import get_agent
 from app.status import ACTIVE_STATUSES
 from app.store.pagination import newest_first
 from app.store.tables import Message, Run, Session
+from app.store.writer import StorageFailed
+
+if TYPE_CHECKING:
+    from app.runs.manager import RunManager
+
+logger = logging.getLogger("loomd.sessions")
 
 
 def session_view(session: Session) -> dict[str, Any]:
@@ -211,11 +221,16 @@ async def fork_session(
     limit = session.last_seq if at_seq is None else at_seq
     query = select(Message).where(Message.session_id == session.id, Message.seq <= limit)
     source = list((await db.exec(query.order_by(col(Message.seq)))).all())
+    # Up to `at_seq`, the messages are as they were then: those a later compaction folded
+    # are active again.
+    views = [message_view(m) for m in source]
+    states = compaction.fork_states(views)
     now = utcnow()
     fork = Session(
         id=new_id("ses"), owner=session.owner, agent=session.agent, title=session.title,
         meta=dict(session.meta), todos=list(session.todos),
-        open_tool_calls=open_calls_after([], [message_view(m) for m in source]),
+        open_tool_calls=open_calls_after(
+            [], [v for v, state in zip(views, states, strict=True) if state == "active"]),
         message_count=len(source), last_seq=limit, llm_calls=session.llm_calls,
         created_at=now, updated_at=now,
     )
@@ -225,8 +240,8 @@ async def fork_session(
     db.add_all([
         Message(session_id=fork.id, seq=m.seq, role=m.role, content=m.content,
                 tool_calls=m.tool_calls, tool_call_id=m.tool_call_id, name=m.name,
-                run_id=m.run_id, state=m.state, created_at=m.created_at)
-        for m in source
+                run_id=m.run_id, state=state, created_at=m.created_at)
+        for m, state in zip(source, states, strict=True)
     ])
     await db.flush()
     return fork
@@ -237,3 +252,56 @@ async def list_session_runs(
 ) -> tuple[Sequence[Run], str | None]:
     query = select(Run).where(Run.session_id == session.id)
     return await newest_first(db, query, Run, limit, cursor)
+
+
+async def compact_session(manager: RunManager, principal: Principal, session_id: str,
+                          reason: str | None) -> compaction.Outcome:
+    """Fold the session's older messages into a summary (§10), with the `keep_last` of its
+    agent's current configuration; the threshold does not apply.
+
+    No transaction is held across the summary call: the session is read, summarised, then
+    written only if it did not change meanwhile (else 409, nothing written).
+    """
+    async with manager.database.read() as db:
+        session = await get_session(db, principal, session_id)
+        if session.active_run_id is not None:
+            raise SessionBusy(
+                f"session {session.id} has an active run {session.active_run_id}",
+                active_run_id=session.active_run_id)
+        try:
+            agent = await get_agent(db, session.owner, session.agent)
+        except NotFound:
+            raise Conflict(
+                f"the agent {session.agent!r} of session {session.id} was deleted") from None
+        query = select(Message).where(Message.session_id == session.id,
+                                      Message.state == "active")
+        messages = [message_view(m) for m in (await db.exec(query.order_by(col(Message.seq))))]
+        config = RunConfig.parse(agent.config)
+        last_seq, llm_calls = session.last_seq, session.llm_calls
+        open_calls = list(session.open_tool_calls)
+    before = compaction.estimate_tokens(messages)
+    plan = compaction.plan_fold(messages, config.compaction.keep_last, last_seq, open_calls)
+    if plan is None:
+        return compaction.Outcome(False, before, before, 0)
+    try:
+        provider, model = manager.providers.get(config.model)
+        answer = await compaction.summarise(
+            provider, compaction.summary_request(config, model, plan.folded, llm_calls))
+    except (ProviderError, compaction.SummaryFailed) as failure:
+        detail = failure.message if isinstance(failure, ProviderError) else failure.detail
+        raise Unavailable(f"the summary could not be made, nothing was compacted: {detail}",
+                          reason="summary_failed") from None
+    summary = compaction.summary_message(answer)
+    usage = answer.usage
+    counters = {"llm_calls": llm_calls + 1, "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens}
+    try:
+        stored = await manager.writer.submit(compaction.compaction_write(
+            session_id, plan, summary, run_id=None, counters=counters))
+    except StorageFailed as failure:
+        raise Unavailable(f"the compaction could not be stored: {failure.detail}",
+                          headers={"Retry-After": "1"}) from None
+    logger.info("session compacted", extra={"session_id": session_id, "reason": reason,
+                                            "folded_messages": len(plan.folded)})
+    return compaction.outcome_of(plan, summary, before, stored)
