@@ -106,6 +106,18 @@ class NotPaused(Conflict):
     code, title = "not_paused", "Not paused"
 
 
+class SnapshotTooLarge(AppError):
+    status_code, code, title = 413, "snapshot_too_large", "Snapshot too large"
+
+
+class SnapshotVersionUnsupported(AppError):
+    status_code, code, title = 422, "snapshot_version_unsupported", "Snapshot version unsupported"
+
+
+class SnapshotCorrupt(AppError):
+    status_code, code, title = 422, "snapshot_corrupt", "Snapshot corrupt"
+
+
 _STATUS_CODES = {
     400: ("bad_request", "Bad request"),
     401: ("unauthorized", "Unauthorized"),

@@ -21,6 +21,7 @@ from app.api import (
     runs,
     runtime,
     sessions,
+    snapshots,
     tool_secrets,
 )
 from app.config import Settings
@@ -101,10 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, metrics.router, keys.router, agents.router, sessions.router,
                    runs.router, providers.router, tool_secrets.router, hooks.router,
-                   runtime.router):
+                   runtime.router, snapshots.router):
         app.include_router(router)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
+                       uncapped_paths=(snapshots.IMPORT_PATH,))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Collection
 
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -47,9 +48,12 @@ class RequestContextMiddleware:
     """Per request: an `X-Request-ID`, the body cap and read timeout, one access log line,
     no leaked traces."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int,
+                 uncapped_paths: Collection[str] = ()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.uncapped_paths = frozenset(uncapped_paths)
+        """Paths whose routes hold their bodies to caps of their own, as they read them."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,8 +78,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            limit = None if scope["path"] in self.uncapped_paths else self.max_body_bytes
             declared = _content_length(scope)
-            if declared is not None and declared > self.max_body_bytes:
+            if limit is not None and declared is not None and declared > limit:
                 response = problem(
                     413, "body_too_large", "Body too large",
                     f"the request body ({declared} bytes) exceeds the limit of "
@@ -85,7 +90,7 @@ class RequestContextMiddleware:
             elif (rejection := _nul_in_url(scope)) is not None:
                 await rejection(scope, receive, send_with_id)
             else:
-                body_receive = self._guarded(receive, _body_read_timeout_s(scope))
+                body_receive = self._guarded(receive, _body_read_timeout_s(scope), limit)
                 await self.app(scope, body_receive, send_with_id)
         except BodyReadTimeout as exc:
             # Raised outside the framework's handlers (a body read by other code).
@@ -107,7 +112,7 @@ class RequestContextMiddleware:
             )
             reset_request_id(token)
 
-    def _guarded(self, receive: Receive, timeout_s: float) -> Receive:
+    def _guarded(self, receive: Receive, timeout_s: float, limit: int | None) -> Receive:
         """`receive` with the body cap, and a deadline for the whole body.
 
         The deadline runs from the first read of the body, so a client that sends the
@@ -116,7 +121,6 @@ class RequestContextMiddleware:
         which has no deadline (streams stay open as long as the client wants).
         """
         received = 0
-        limit = self.max_body_bytes
         deadline: float | None = None
         body_complete = False
 
@@ -136,7 +140,7 @@ class RequestContextMiddleware:
                 body_complete = True
                 return message
             received += len(message.get("body", b""))
-            if received > limit:
+            if limit is not None and received > limit:
                 raise BodyOverflow(limit)
             body_complete = not message.get("more_body", False)
             return message
