@@ -1,4 +1,4 @@
-"""The `loomd` command: serve, migrate, openapi."""
+"""The `loomd` command: serve, migrate, openapi, run, and listing agents, sessions, runs."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ examples:
   loomd migrate                        bring the database schema up to date, then exit
   loomd openapi > openapi.json         print the OpenAPI document
   loomd run support "Where is my order?"   chat with an agent from the terminal
+  loomd runs --status running          list runs (also: loomd agents, loomd sessions; --json)
 
 Every setting can also come from a LOOMD_* environment variable or a .env file
 (LOOMD_DATABASE_URL, LOOMD_ADMIN_TOKEN, LOOMD_PORT, ...); flags win over both.
@@ -71,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--session", help="continue this session (default: a new one)")
     run.add_argument("--server", help=f"server URL (default LOOMD_URL or {DEFAULT_SERVER})")
     run.add_argument("--token", help="bearer token (default LOOMD_TOKEN or LOOMD_ADMIN_TOKEN)")
+
+    for kind, what, filters in (("agents", "agents", ()), ("sessions", "sessions", ("agent",)),
+                                ("runs", "runs", ("agent", "status"))):
+        listing = commands.add_parser(
+            kind, help=f"list the {what} on a loomd server, newest first",
+            description=f"List the {what} the token may see (an admin sees every owner's) "
+            "as a table, or as the API's JSON page with --json.",
+        )
+        for name in filters:
+            listing.add_argument(f"--{name}", help=f"only {what} with this {name}")
+        listing.add_argument("--limit", type=int, default=50,
+                             help="how many, at most 200 (default 50)")
+        listing.add_argument("--json", action="store_true", help="print the JSON page as is")
+        listing.add_argument("--server", help=f"server URL (default LOOMD_URL or {DEFAULT_SERVER})")
+        listing.add_argument("--token",
+                             help="bearer token (default LOOMD_TOKEN or LOOMD_ADMIN_TOKEN)")
     return parser
 
 
@@ -138,9 +155,8 @@ def _serve(settings: Settings) -> int:
         logger.error("cannot lock the database %s: %s", _redacted(settings), exc)
         return 3
     with lock:
-        import uvicorn
-
         from app.main import create_app
+        from app.serve import serve_http
         from app.store.migrate import SchemaOutdated
 
         try:
@@ -157,10 +173,7 @@ def _serve(settings: Settings) -> int:
         logger.info("starting loomd", extra={
             "version": __version__, "host": settings.host, "port": settings.port,
             "database": _redacted(settings)})
-        uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.port, log_config=None,
-            access_log=False, lifespan="on", proxy_headers=False, timeout_graceful_shutdown=10,
-        )
+        serve_http(create_app(settings), host=settings.host, port=settings.port)
     return 0
 
 
@@ -171,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.console import run_in_terminal
 
         return run_in_terminal(args.agent, args.prompt, args.session, args.server, args.token)
+    if args.command in ("agents", "sessions", "runs"):
+        from app.listing import list_in_terminal
+
+        filters = {name: getattr(args, name, None) for name in ("agent", "status")}
+        return list_in_terminal(args.command, args.server, args.token, as_json=args.json,
+                                limit=args.limit, filters=filters)
     from app.logs import configure_logging
 
     try:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any, TextIO
 
 import httpx
@@ -68,6 +71,22 @@ class Renderer:
         self.out.flush()
 
 
+class Terminated(BaseException):
+    """SIGTERM while a run streams: handled like Ctrl-C (the run is cancelled)."""
+
+
+def _terminate(_sig: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def server_and_headers(server: str | None, token: str | None) -> tuple[str, dict[str, str]]:
+    """The server URL (`--server`, `LOOMD_URL`) and the auth header (`--token`,
+    `LOOMD_TOKEN`, `LOOMD_ADMIN_TOKEN`) the commands talk with."""
+    base = (server or os.environ.get("LOOMD_URL") or DEFAULT_SERVER).rstrip("/")
+    token = token or os.environ.get("LOOMD_TOKEN") or os.environ.get("LOOMD_ADMIN_TOKEN")
+    return base, ({"Authorization": f"Bearer {token}"} if token else {})
+
+
 def _short(text: str, limit: int = 200) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -78,9 +97,7 @@ def run_in_terminal(
     out: TextIO = sys.stdout, err: TextIO = sys.stderr,
 ) -> int:
     """Start a streamed run and render it; 0 when it completed, 1 otherwise."""
-    base = (server or os.environ.get("LOOMD_URL") or DEFAULT_SERVER).rstrip("/")
-    token = token or os.environ.get("LOOMD_TOKEN") or os.environ.get("LOOMD_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base, headers = server_and_headers(server, token)
     body: dict[str, Any] = {"input": prompt, "stream": True}
     path = f"/v1/sessions/{session}/runs" if session else "/v1/runs"
     if not session:
@@ -88,6 +105,8 @@ def run_in_terminal(
     renderer = Renderer(out, err)
     status, session_id, run_id = "failed", session, None
     timeout = httpx.Timeout(10, read=None)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=timeout) as http, \
                 http.stream("POST", path, json=body) as response:
@@ -104,15 +123,22 @@ def run_in_terminal(
                     renderer.render(event)
                     if is_terminal(event):
                         status = event["type"].split(".")[1]
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Terminated) as stop:
+                if in_main_thread:  # a second SIGTERM during the cancel ends at once
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                terminated = isinstance(stop, Terminated)
                 if run_id:
-                    http.post(f"/v1/runs/{run_id}/cancel",
-                              json={"reason": "interrupted from the terminal"})
+                    reason = ("terminated (SIGTERM)" if terminated
+                              else "interrupted from the terminal")
+                    http.post(f"/v1/runs/{run_id}/cancel", json={"reason": reason})
                 err.write("\nloomd: cancelled\n")
-                return 130
+                return 128 + signal.SIGTERM if terminated else 130
     except httpx.HTTPError as exc:
         err.write(f"loomd: cannot reach {base}: {exc}\n")
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if session_id:
         err.write(f"session: {session_id} (continue with --session {session_id})\n")
     return 0 if status == "completed" else 1

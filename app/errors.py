@@ -219,6 +219,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, code, title, detail, headers)
 
 
+def _is_json(request: Request) -> bool:
+    """Whether the request declares a JSON body (`application/json` or `+json`)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json"))
+
+
 async def _request_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = _validation_errors(exc)
@@ -231,6 +238,14 @@ async def _request_validation_error(request: Request, exc: Exception) -> JSONRes
         reason = next((e.get("ctx", {}).get("error") for e in errors if "ctx" in e), None)
         detail = f"the body is not valid JSON ({reason})" if reason else "invalid JSON"
         return problem(400, "bad_request", "Bad request", detail)
+    if not _is_json(request) and any(
+            error["loc"] == ["body"] and error["type"] != "missing" for error in errors):
+        # A body that is not an object because it was not sent as JSON (curl's `-d` sends
+        # it as a form): say what to send rather than how the bytes failed to validate.
+        sent = request.headers.get("content-type") or "none"
+        return problem(415, "unsupported_media_type", "Unsupported media type",
+                       f"the body must be JSON: send Content-Type: application/json "
+                       f"(got {sent[:100]})")
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(part) for part in first["loc"])
     detail = f"{where}: {first['msg']}" if where else str(first["msg"])

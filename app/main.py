@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api import (
@@ -24,11 +23,13 @@ from app.api import (
     snapshots,
     tool_secrets,
 )
+from app.api.docs import install_docs
+from app.api.web_console import install_console
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.events.bus import EventBus
 from app.metrics import Metrics
-from app.middleware import RequestContextMiddleware
+from app.middleware import ProblemCORSMiddleware, RequestContextMiddleware
 from app.openapi import DESCRIPTION, build_openapi, operation_id
 from app.providers.registry import ProviderRegistry
 from app.runs.manager import RunManager
@@ -78,6 +79,7 @@ def _lifespan(settings: Settings) -> Any:
         try:
             yield
         finally:
+            manager.bus.close()  # open event streams end as complete responses
             await manager.shutdown()
             await registry.aclose()
             await database.close()
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="loomd", version=__version__, description=DESCRIPTION,
         lifespan=_lifespan(settings), generate_unique_id_function=operation_id,
-        redirect_slashes=False,
+        redirect_slashes=False, docs_url=None, redoc_url=None,
         separate_input_output_schemas=False,
         responses={500: {"description": "A bug (`internal_error`); never a stack trace",
                          "model": Problem}},
@@ -104,12 +106,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    runs.router, providers.router, tool_secrets.router, hooks.router,
                    runtime.router, snapshots.router):
         app.include_router(router)
+    install_docs(app)
+    install_console(app)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes,
                        uncapped_paths=(snapshots.IMPORT_PATH,))
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+            ProblemCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
             allow_headers=CORS_ALLOWED_HEADERS, expose_headers=CORS_EXPOSED_HEADERS,
             allow_credentials=False, max_age=600,
         )

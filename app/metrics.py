@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -23,9 +23,11 @@ class _LiveGauges(Collector):
             ("loomd_runs_active", "Runs executing in this process"),
             ("loomd_runs_queued", "Runs waiting for an execution slot in this process"),
             ("loomd_sse_clients", "Open event-stream subscriptions"),
-            ("loomd_events_persisted", "Events written since start (a counter)"),
         ):
             yield GaugeMetricFamily(name, help_text, value=values.get(name, 0))
+        # Exposed as `loomd_events_persisted_total`: the client adds the suffix to counters.
+        yield CounterMetricFamily("loomd_events_persisted", "Events written since start",
+                                  value=values.get("loomd_events_persisted", 0))
 
 
 class Metrics:

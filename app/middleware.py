@@ -10,7 +10,9 @@ import time
 import uuid
 from collections.abc import Collection
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -146,6 +148,33 @@ class RequestContextMiddleware:
             return message
 
         return guarded_receive
+
+
+class ProblemCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, with a refused preflight answered as problem+json.
+
+    It runs outside `RequestContextMiddleware`, so it gives the refusal its own request id.
+    """
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        headers = {k: v for k, v in response.headers.items()
+                   if k.lower().startswith("access-control-") or k.lower() == "vary"}
+        value = request_headers.get("x-request-id")
+        request_id = value if value and _VALID_REQUEST_ID.match(value) else uuid.uuid4().hex
+        token = bind_request_id(request_id)
+        try:
+            return problem(
+                400, "cors_rejected", "CORS preflight rejected",
+                f"this preflight is refused: disallowed {refused} (allowed origins come "
+                "from LOOMD_CORS_ORIGINS)",
+                headers={**headers, "X-Request-ID": request_id},
+            )
+        finally:
+            reset_request_id(token)
 
 
 def _body_read_timeout_s(scope: Scope) -> float:

@@ -14,7 +14,7 @@ from app.api.responses import READ, WRITE, errors
 from app.auth import Principal
 from app.errors import BadRequest, NotFound, ValidationFailed
 from app.schemas.agents import Agent, AgentCreate, AgentPage, AgentUpdate
-from app.schemas.common import Name, Subject
+from app.schemas.common import AgentConflictProblem, Name, Subject
 from app.services import agents as service
 from app.services.owners import resolve_owner
 
@@ -62,7 +62,8 @@ def _location(principal: Principal, owner: str, name: str) -> str:
 
 @router.post(
     "", name="create", status_code=status.HTTP_201_CREATED, summary="Create an agent",
-    responses=errors(*WRITE, 403, 409, s409="An agent of that name exists (`agent_exists`)"),
+    responses=errors(*WRITE, 403, 409, problems={409: AgentConflictProblem},
+                     s409="An agent of that name exists (`agent_exists`)"),
 )
 async def create_agent(
     body: AgentCreate, request: Request, principal: CurrentPrincipal, settings: SettingsDep,
@@ -114,7 +115,8 @@ async def update_agent(
 @router.delete(
     "/{agent_name}", name="delete", status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete an agent",
-    responses=errors(*READ, 403, 409, s409="The agent has active runs (`conflict`)"),
+    responses=errors(*READ, 403, 409, problems={409: AgentConflictProblem},
+                     s409="The agent has active runs (`conflict`)"),
 )
 async def delete_agent(
     agent_name: AgentName, db: DbSession, principal: CurrentPrincipal, owner: Owner = None

@@ -18,6 +18,7 @@ from app.api.deps import (
 from app.api.responses import READ, WRITE, errors
 from app.auth import Principal
 from app.errors import Forbidden
+from app.schemas.common import DeliveryConflictProblem
 from app.schemas.hooks import (
     Hook,
     HookCreate,
@@ -140,7 +141,8 @@ async def test_hook(
 @router.post(
     "/{hook_id}/deliveries/{delivery_id}/retry", name="retry_delivery",
     status_code=status.HTTP_202_ACCEPTED, summary="Retry a dead delivery",
-    responses=errors(*READ, 409, s409="The delivery is not `dead` (`delivery_not_dead`)"),
+    responses=errors(*READ, 409, problems={409: DeliveryConflictProblem},
+                     s409="The delivery is not `dead` (`delivery_not_dead`)"),
 )
 async def retry_delivery(
     hook_id: HookId, delivery_id: DeliveryId, db: DbSession, principal: CurrentPrincipal,

@@ -24,3 +24,8 @@ async def metrics(request: Request) -> Response:
         raise NotFound("metrics are turned off")
     body = generate_latest(request.app.state.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+# Scrapers and uptime checks probe with HEAD; the headers are those of GET, the body is dropped.
+router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False,
+                     response_class=Response, name="metrics_head")

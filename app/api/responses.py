@@ -22,11 +22,14 @@ _DESCRIPTIONS = {
 }
 
 
-def errors(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for the given statuses; a `s409="…"` keyword overrides a description."""
+def errors(
+    *statuses: int, problems: dict[int, type[Problem]] | None = None, **descriptions: str
+) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for the given statuses; a `s409="…"` keyword overrides a description, and
+    `problems` names the schema of a status whose problems carry extra members."""
     documented: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        model = ValidationProblem if status == 422 else Problem
+        model = (problems or {}).get(status) or (ValidationProblem if status == 422 else Problem)
         documented[status] = {
             "description": descriptions.get(f"s{status}", _DESCRIPTIONS[status]),
             "model": model,

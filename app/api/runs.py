@@ -29,6 +29,7 @@ from app.events.types import TERMINAL_EVENTS, is_terminal
 from app.runs import batch
 from app.runs import service as run_service
 from app.runs.manager import RunManager
+from app.schemas.common import RunConflictProblem, RunStateProblem, ToolCallMismatchProblem
 from app.schemas.events import Event, EventPage
 from app.schemas.runs import (
     Approvals,
@@ -36,10 +37,10 @@ from app.schemas.runs import (
     BatchDetached,
     BatchJoined,
     BatchResult,
+    CancelResult,
     OneShotRunCreate,
     Run,
     RunCancel,
-    RunCancelled,
     RunCreate,
     RunInputCreate,
     RunPage,
@@ -60,8 +61,8 @@ IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", description="repeat-safe creation (1..255 characters)"),
 ]
-SSE_FRAME: dict[str, Any] = {
-    "type": "object", "required": ["data"],
+SERVER_SENT_EVENT: dict[str, Any] = {
+    "type": "object", "required": ["data"], "title": "ServerSentEvent",
     "description": "One Server-Sent Event: `id` is the seq, `event` the type, `data` the Event "
                    "as JSON. The stream opens with `retry: 2000` and ends after the terminal "
                    "event; `: ping` comments keep it alive.",
@@ -72,17 +73,23 @@ SSE_FRAME: dict[str, Any] = {
         "retry": {"type": "integer", "minimum": 0},
     },
 }
-"""The per-event schema of `text/event-stream` responses (OpenAPI 3.1 style)."""
+"""The per-event schema of `text/event-stream` responses (OpenAPI 3.1 style), a component
+(`app.openapi` adds it); `docs/clients.md` shows how to follow a stream."""
+SSE_STREAM = {"$ref": "#/components/schemas/ServerSentEvent"}
+RUN_JSON = {"schema": {"$ref": "#/components/schemas/Run"}}
+# JSON first: SDK generators type a response by its first content type.
 CREATED: dict[int | str, dict[str, Any]] = {
-    200: {"description": "`stream: true`: the run's events (`text/event-stream`); a replay "
-          "of an earlier request with the same Idempotency-Key; or, with `if_busy: \"steer\"` "
-          "on a busy session, the session's active run, which got the input",
-          "content": {"text/event-stream": {"schema": SSE_FRAME}}, "model": Run},
+    200: {"description": "A replay of an earlier request with the same Idempotency-Key, or, "
+          "with `if_busy: \"steer\"` on a busy session, the session's active run, which got "
+          "the input (the Run, JSON); with `stream: true`, the run's events "
+          "(`text/event-stream`) instead",
+          "content": {"application/json": RUN_JSON, "text/event-stream": {"schema": SSE_STREAM}},
+          "model": Run},
     202: {"description": "`stream: false`: the run, queued", "model": Run},
 }
 
 CREATE_ERRORS = errors(
-    *WRITE, 409, 429, 503,
+    *WRITE, 409, 429, 503, problems={409: RunConflictProblem},
     s409="`session_busy` (with `active_run_id`), `session_pending` (with "
          "`pending_tool_calls`), `conflict` (agent deleted), `idempotency_conflict`",
 )
@@ -241,51 +248,84 @@ def _prefers_json(accept: str | None) -> bool:
     return json_q > sse_q
 
 
-def _cursor(last_event_id: str | None, after: int | None) -> int:
+MAX_SEQ = 2**31 - 1
+
+
+def _seq(value: str, what: str) -> int:
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 10 or int(value) > MAX_SEQ:
+        raise BadRequest(f"{what} must be a non-negative integer (a `seq`)")
+    return int(value)
+
+
+def _position(last_event_id: str | None, cursor: str | None, after: int | None) -> int:
+    """The seq to read after: `Last-Event-ID`, else `cursor`, else `after`, else 0."""
     if last_event_id is not None:
-        value = last_event_id.strip()
-        if not value.isascii() or not value.isdigit() or len(value) > 10:
-            raise BadRequest("Last-Event-ID must be a non-negative integer")
-        return int(value)
+        return _seq(last_event_id, "Last-Event-ID")
+    if cursor is not None:
+        return _seq(cursor, "the cursor")
     return after or 0
 
 
+EventCursor = Annotated[str | None, Query(
+    max_length=512, description="`next_cursor` of the previous page (wins over `after`)")]
+After = Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="only events with a greater "
+                                    "seq (the same as `cursor`, as an integer)")]
+
+
+async def _event_page(db: DbSession, run: RunRow, position: int, limit: int) -> Response:
+    rows = await service.list_events(db, run.id, position, limit + 1)
+    items = [Event.model_validate({
+        "type": r.type, "seq": r.seq, "run_id": run.id, "session_id": run.session_id,
+        "ts": r.ts, "data": r.data}) for r in rows[:limit]]
+    page = EventPage(items=items, next_cursor=str(rows[limit - 1].seq)
+                     if len(rows) > limit else None)
+    return Response(page.model_dump_json(), media_type="application/json")
+
+
 @router.get(
-    "/v1/runs/{run_id}/events", name="events", summary="Follow a run's events",
+    "/v1/runs/{run_id}/events", name="events", summary="Follow a run's events (SSE)",
+    response_class=EventSourceResponse, response_model=None,
     responses={
         200: {"description": "Server-Sent Events (`text/event-stream`), or a JSON page when "
-              "`Accept` prefers `application/json`",
-              "content": {"text/event-stream": {"schema": SSE_FRAME}},
-              "model": EventPage},
+              "`Accept` prefers `application/json` (generated clients: use `runs-list_events`)",
+              "content": {"text/event-stream": {"schema": SSE_STREAM},
+                          "application/json": {"schema": {
+                              "$ref": "#/components/schemas/EventPage"}}}},
         204: {"description": "The cursor is at or past the run's terminal event"},
         **errors(*READ),
     },
-    response_model=EventPage,
 )
 async def run_events(
     run_id: RunId, request: Request, principal: StreamPrincipal, manager: ManagerDep,
-    after: Annotated[int | None, Query(ge=0, le=2**31 - 1,
-                                       description="only events with a greater seq")] = None,
-    limit: Limit = 200,
+    cursor: EventCursor = None, after: After = None, limit: Limit = 200,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
-    """Replay events after the cursor (`Last-Event-ID` wins over `after`), then follow live."""
+    """Replay events after the cursor (`Last-Event-ID` wins over `cursor` and `after`), then
+    follow live; for `EventSource` and `curl -N`."""
     database = get_database(request)
-    cursor = _cursor(last_event_id, after)
+    position = _position(last_event_id, cursor, after)
     async with database.read() as db:
         run = await service.get_run(db, principal, run_id)
         if _prefers_json(request.headers.get("accept")):
-            rows = await service.list_events(db, run_id, cursor, limit + 1)
-            items = [Event.model_validate({
-                "type": r.type, "seq": r.seq, "run_id": run_id, "session_id": run.session_id,
-                "ts": r.ts, "data": r.data}) for r in rows[:limit]]
-            page = EventPage(items=items, next_cursor=str(rows[limit - 1].seq)
-                             if len(rows) > limit else None)
-            return Response(page.model_dump_json(), media_type="application/json")
-    if run.status in TERMINAL_STATUSES and cursor >= run.last_seq:
+            return await _event_page(db, run, position, limit)
+    if run.status in TERMINAL_STATUSES and position >= run.last_seq:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    events = follow_run(database, manager.bus, run_id, run.session_id, cursor)
+    events = follow_run(database, manager.bus, run_id, run.session_id, position)
     return EventSourceResponse(sse_frames(events), ping=15)
+
+
+@router.get(
+    "/v1/runs/{run_id}/events/page", name="list_events", summary="List a run's events (JSON)",
+    responses=errors(*READ), response_model=EventPage,
+)
+async def list_run_events(
+    run: RunById, db: DbSession, cursor: EventCursor = None, after: After = None,
+    limit: Limit = 200,
+) -> Response:
+    """A page of the run's events so far, ascending by `seq`, as JSON whatever `Accept` says;
+    pass `next_cursor` as `?cursor=` for the next page (null: none yet)."""
+    return await _event_page(db, run, _position(None, cursor, after), limit)
 
 
 @router.get(
@@ -331,18 +371,20 @@ async def wait_for_run(
 )
 async def cancel_run(
     run: RunById, manager: ManagerDep, body: RunCancel | None = None,
-) -> RunCancelled:
-    """Cancel the run (idempotent: a finished run gives `cancelled: 0`)."""
+) -> CancelResult:
+    """Cancel the run (idempotent: a finished run gives `cancelled: 0`); the body is
+    optional."""
     body = body or RunCancel()
     cancelled, current = await run_service.cancel_run(
         manager, run, body.reason or "cancelled by the client", body.wait)
-    return RunCancelled(cancelled=cancelled, run=_view(current))
+    return CancelResult(cancelled=cancelled, run=_view(current))
 
 
 @router.post(
     "/v1/runs/{run_id}/tool-outputs", name="submit_tool_outputs",
     summary="Submit the outputs of client tools",
     responses=errors(*WRITE, 409, 503,
+                     problems={409: RunStateProblem, 422: ToolCallMismatchProblem},
                      s409="`run_finished` (the run has ended), `run_not_waiting` (it does not "
                           "wait for tool outputs)",
                      s422="`tool_call_mismatch` (an id the run does not wait for, one given "
@@ -359,6 +401,7 @@ async def submit_tool_outputs(
     "/v1/runs/{run_id}/approvals", name="decide_approvals",
     summary="Approve or deny tool calls",
     responses=errors(*WRITE, 409, 503,
+                     problems={409: RunStateProblem, 422: ToolCallMismatchProblem},
                      s409="`run_finished` (the run has ended), `run_not_waiting` (it does not "
                           "wait for approvals)",
                      s422="`tool_call_mismatch` (an id the run does not wait for, one given "
@@ -406,7 +449,7 @@ async def create_batch(
 @router.post(
     "/v1/runs/{run_id}/input", name="steer", summary="Send input to a running run",
     status_code=202, response_model=Run,
-    responses=errors(*WRITE, 409, 503,
+    responses=errors(*WRITE, 409, 503, problems={409: RunStateProblem},
                      s409="`run_finished` (the run has ended), `input_backlog` (too much "
                           "input waits to be delivered)"),
 )

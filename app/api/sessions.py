@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from app.api.deps import CurrentPrincipal, Cursor, DbSession, Limit, ManagerDep, get_database
 from app.api.responses import READ, WRITE, errors
 from app.errors import BadRequest
+from app.schemas.common import SessionConflictProblem, UnavailableProblem
 from app.schemas.messages import Message, MessagesAppend
 from app.schemas.runs import Run, RunPage
 from app.schemas.sessions import (
@@ -62,7 +63,8 @@ def _view(session: SessionRow) -> Session:
     responses={
         200: {"description": "Replay of an earlier request with the same Idempotency-Key",
               "model": Session},
-        **errors(*WRITE, 409, s409="Idempotency-Key reused with another body "
+        **errors(*WRITE, 409, problems={409: SessionConflictProblem},
+                 s409="Idempotency-Key reused with another body "
                  "(`idempotency_conflict`)"),
     },
 )
@@ -118,7 +120,8 @@ async def update_session(session: SessionById, body: SessionUpdate, db: DbSessio
 
 @router.delete(
     "/{session_id}", name="delete", status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a session", responses=errors(*READ, 409, s409=BUSY),
+    summary="Delete a session",
+    responses=errors(*READ, 409, problems={409: SessionConflictProblem}, s409=BUSY),
 )
 async def delete_session(
     session_id: SessionId, request: Request, principal: CurrentPrincipal,
@@ -167,7 +170,7 @@ async def list_messages(
 @router.post(
     "/{session_id}/messages", name="append_messages", status_code=status.HTTP_201_CREATED,
     summary="Append messages without running the agent",
-    responses=errors(*WRITE, 409, s409=BUSY),
+    responses=errors(*WRITE, 409, problems={409: SessionConflictProblem}, s409=BUSY),
 )
 async def append_messages(
     session: SessionById, body: MessagesAppend, db: DbSession
@@ -195,6 +198,7 @@ async def fork_session(
     "/{session_id}/compact", name="compact", summary="Compact a session's history",
     responses=errors(
         *WRITE, 409, 503,
+        problems={409: SessionConflictProblem, 503: UnavailableProblem},
         s409=f"{BUSY}; or the session changed during the compaction, or its agent was "
              "deleted (`conflict`)",
         s503="The summary call failed (`unavailable`, `reason: summary_failed`, with the "

@@ -26,10 +26,14 @@ class Subscription:
         if self.overflowed:
             return
         if self._queue.qsize() >= self._max:
-            self.overflowed = True
-            self._queue.put_nowait(None)
+            self.cut_off()
             return
         self._queue.put_nowait(event)
+
+    def cut_off(self) -> None:
+        if not self.overflowed:
+            self.overflowed = True
+            self._queue.put_nowait(None)
 
     async def get(self) -> Event | None:
         return await self._queue.get()
@@ -50,11 +54,23 @@ class EventBus:
     def __init__(self, max_queued: int = 10_000) -> None:
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         self._max_queued = max_queued
+        self.closed = False
 
     def subscribe(self, key: str) -> Subscription:
         subscription = Subscription(key, self._max_queued)
         self._subscribers[key].add(subscription)
+        if self.closed:
+            subscription.cut_off()
         return subscription
+
+    def close(self) -> None:
+        """Cut every subscriber off, now and from now on: at shutdown, each open stream
+        then ends as a complete response (its client resumes with `Last-Event-ID` from the
+        next server) rather than being torn down mid-response."""
+        self.closed = True
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription.cut_off()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscribers = self._subscribers.get(subscription.key)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -28,6 +30,37 @@ def split_model_ref(model_ref: str) -> tuple[str, str]:
         raise ProviderError(
             f"model {model_ref!r} is not of the form `provider:model`", retryable=False)
     return name, model
+
+
+def missing_api_key(settings: Settings, name: str) -> str | None:
+    """The setting to set before models of provider `name` can be called, or None.
+
+    `openai` needs `OPENAI_API_KEY`, and a `LOOMD_PROVIDERS` entry with `api_key_env` the
+    variable it names. A provider whose base URL is on loopback needs none (a local server
+    rarely checks keys), nor does an entry without `api_key_env`, nor `scripted`.
+    """
+    configured = settings.providers.get(name)
+    if configured is not None:
+        if configured.api_key_env is None or os.environ.get(configured.api_key_env):
+            return None
+        setting, base_url = configured.api_key_env, configured.base_url
+    elif name == OPENAI:
+        if settings.openai_api_key is not None:
+            return None
+        setting, base_url = "OPENAI_API_KEY", settings.openai_base_url
+    else:
+        return None
+    return None if _on_loopback(base_url) else setting
+
+
+def _on_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def probe_status(exc: Exception) -> str:

@@ -14,6 +14,7 @@ from app.runs.service import Started, cancel_started, start_run
 from app.runs.subruns import ended_run
 from app.schemas.runs import BatchCreate, RunCreate
 from app.schemas.sessions import SessionCreate
+from app.services.agents import check_api_key
 from app.services.runs import resolved_config
 from app.store.tables import Agent, Run
 
@@ -89,3 +90,6 @@ async def _check_runs(manager: RunManager, principal: Principal, body: BatchCrea
         if provider not in providers:
             raise ValidationFailed.at(["body", "runs", index, "overrides", "model"],
                                       f"unknown provider {provider!r}")
+        if run.overrides.model is not None:
+            check_api_key(manager.settings, provider, ["body", "runs", index, "overrides",
+                                                       "model"])

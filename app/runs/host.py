@@ -81,6 +81,8 @@ class RunHost(LifecycleHooks):
         cancellation interrupted may still land), so the run's end leaves them alone."""
         self.compacted_at_turn: int | None = None
         """The turn boundary (turns so far) compaction was last tried at: once per boundary."""
+        self.tools_started: dict[str, float] = {}
+        """When each tool call of this stretch started (`time.monotonic()`), by call id."""
 
     def configure(self, stored: Mapping[str, Any]) -> RunConfig:
         """The run's typed configuration, parsed from its stored `config` the first time."""
@@ -102,7 +104,14 @@ class RunHost(LifecycleHooks):
     # event sink
 
     async def emit(self, type_: str, data: dict[str, Any]) -> None:
+        if type_ == "tool.started":
+            self.tools_started[data["tool_call_id"]] = time.monotonic()
         await self.events.emit(type_, data)
+
+    def tool_ms(self, call_id: str) -> int:
+        """How long the call has run so far (0 for one that never started here)."""
+        started = self.tools_started.get(call_id)
+        return 0 if started is None else round((time.monotonic() - started) * 1000)
 
     # history store
 

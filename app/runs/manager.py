@@ -616,7 +616,8 @@ class RunManager:
                                          "name": call["name"], "content": result.output}])
             await host.emit("tool.completed", {
                 "turn": turn, "tool_call_id": call["id"], "name": call["name"],
-                "output": result.output, "is_error": True, "duration_ms": 0})
+                "output": result.output, "is_error": True,
+                "duration_ms": host.tool_ms(call["id"])})
 
     async def _close_open_calls(self, host: RunHost, text: str) -> None:
         """Give each tool call still without a result the result `text`.

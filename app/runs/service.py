@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +18,13 @@ from app.runs.steering import steer_write
 from app.schemas.runs import Approvals, RunCreate, RunInputCreate, ToolOutputs
 from app.schemas.sessions import SessionCreate
 from app.services import idempotency
+from app.services.agents import check_api_key
 from app.status import TERMINAL_STATUSES
 from app.store.tables import Run
 from app.store.writer import StorageFailed
+
+CANCEL_SETTLE_S = 2.0
+"""How long a cancel without `wait` waits for the run's end before it answers."""
 
 
 @dataclass
@@ -45,6 +51,9 @@ async def start_run(
     when a slot is free), then handed to the manager; an interrupted run is cancelled only
     after that commit, and the new run waits for its end.
     """
+    if body.overrides.model is not None:
+        check_api_key(manager.settings, body.overrides.model.split(":", 1)[0],
+                      ["body", "overrides", "model"])
     scope = idempotency.IdempotencyScope.parse(principal.subject, "POST", path,
                                                idempotency_key)
     digest = idempotency.request_hash(
@@ -122,6 +131,12 @@ async def cancel_run(manager: RunManager, run: Run, reason: str, wait: bool) -> 
                                                    "the parent run was cancelled"))
         if wait:
             await manager.wait_ended([run.id, *descendants])
+        elif cancelled:
+            # Ending a task that executes here takes milliseconds, so the answer shows the
+            # run as the cancel left it; a run that takes longer is shown as it is by then.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_SETTLE_S):
+                    await manager.wait_ended([run.id, *descendants])
     async with manager.database.read() as db:
         current = await db.get(Run, run.id)
     if current is None:

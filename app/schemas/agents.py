@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
 from app.schemas.common import (
     DEPTH_RULE,
@@ -18,9 +20,21 @@ from app.schemas.common import (
 )
 from app.schemas.tools import ToolPolicy, ToolSpec, check_unique_tool_names
 
+MODEL_REF_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}:\S.{0,254}$"
+_MODEL_REF = re.compile(MODEL_REF_PATTERN)
+
+
+def _check_model_ref(value: str) -> str:
+    if not _MODEL_REF.fullmatch(value):
+        raise PydanticCustomError(
+            "model_ref", "expected provider:model, e.g. openai:gpt-4o-mini or scripted:demo")
+    return value
+
+
 ModelRef = Annotated[
     str,
-    StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}:\S.{0,254}$"),
+    AfterValidator(_check_model_ref),
+    WithJsonSchema({"type": "string", "pattern": MODEL_REF_PATTERN, "maxLength": 320}),
     Field(description="`provider:model`, split at the first colon", examples=["scripted:demo"]),
 ]
 Instructions = Annotated[str, Field(max_length=256 * 1024, description="the system prompt")]
@@ -54,11 +68,17 @@ class Compaction(RequestModel):
 MaxTurns = Annotated[int, Field(ge=1, le=1000)]
 TimeoutS = Annotated[int, Field(ge=1, le=86_400)]
 Tools = Annotated[list[ToolSpec], Field(max_length=128)]
+PROVIDER_OPTIONS: dict[str, Any] = {
+    "type": "object", "title": "ProviderOptions", "additionalProperties": True}
+"""Stands for `#/components/schemas/ProviderOptions`, which `app.openapi` adds."""
 ProviderOptions = Annotated[
     dict[str, Any],
+    WithJsonSchema(PROVIDER_OPTIONS),
     Field(description="options of the model's provider, e.g. the `scripted` provider's "
                       f"`script` ({DEPTH_RULE})"),
 ]
+"""Free-form for validation (each provider reads its own); the document types the
+`scripted` provider's options (see `app.openapi`)."""
 
 
 class AgentSpec(RequestModel):
@@ -119,7 +139,7 @@ class Agent(ResponseModel):
     max_turns: int
     timeout_s: int
     compaction: Compaction
-    provider_options: dict[str, Any]
+    provider_options: ProviderOptions
     metadata: dict[str, Any]
     version: int
     owner: str

@@ -183,3 +183,61 @@ class ValidationProblem(Problem):
     """A 422 `validation_error`: `errors` names every invalid field."""
 
     errors: list[ValidationErrorItem] = Field(default_factory=list)
+
+
+# Problems with the extra members some errors carry; the routes that raise them document
+# these instead of the bare `Problem`, so generated clients type the members.
+
+
+class SessionConflictProblem(Problem):
+    """A 409 about a session: `session_busy` names `active_run_id`; `idempotency_conflict`
+    names the reused `idempotency_key`."""
+
+    active_run_id: Omittable[str] = Field(default=None, description="`session_busy`")
+    idempotency_key: Omittable[str] = Field(default=None, description="`idempotency_conflict`")
+
+
+class RunConflictProblem(SessionConflictProblem):
+    """A 409 of run creation: `session_busy` (with `active_run_id`), `session_pending` (with
+    `pending_tool_calls`), `idempotency_conflict` (with `idempotency_key`) or `conflict`."""
+
+    pending_tool_calls: Omittable[list[dict[str, Any]]] = Field(
+        default=None, description="`session_pending`: the tool calls without results")
+
+
+class RunStateProblem(Problem):
+    """A 409 about a run's state: `run_finished`, `run_not_waiting` (with `run_status`),
+    `input_backlog`."""
+
+    run_status: Omittable[str] = Field(default=None, description="`run_not_waiting`")
+
+
+class ToolCallMismatchProblem(ValidationProblem):
+    """A 422 `tool_call_mismatch` (naming the ids at fault) or `validation_error`."""
+
+    tool_call_id: Omittable[str] = Field(
+        default=None, description="the id answered twice, or not open")
+    open_tool_call_ids: Omittable[list[str]] = Field(
+        default=None, description="the calls still open, for an id that is not")
+    missing_tool_call_ids: Omittable[list[str]] = Field(
+        default=None, description="open calls the request left without an output")
+
+
+class AgentConflictProblem(Problem):
+    """A 409 about an agent: `agent_exists` (with `agent`) or `conflict` (with
+    `active_runs`)."""
+
+    agent: Omittable[str] = Field(default=None, description="`agent_exists`")
+    active_runs: Omittable[int] = Field(default=None, description="`conflict`")
+
+
+class DeliveryConflictProblem(Problem):
+    """A 409 `delivery_not_dead`, naming the delivery's `delivery_status`."""
+
+    delivery_status: Omittable[str] = None
+
+
+class UnavailableProblem(Problem):
+    """A 503; a compaction whose summary failed says `reason: "summary_failed"`."""
+
+    reason: Omittable[str] = None

@@ -1,14 +1,25 @@
 """Run events (§5): the envelope, and the `data` of each `type`, as one discriminated union.
 
 SDKs generated from the OpenAPI document get a typed event per `type`. Clients must ignore
-types they do not know, so `data` models accept fields added later.
+types they do not know, so `data` models accept fields added later, and the union ends in
+`UnknownEvent`, which any later type matches.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import inspect
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    RootModel,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 from app.schemas.common import Page, Timestamp
 from app.schemas.messages import Message
@@ -250,14 +261,49 @@ class StreamGap(_Envelope):
     data: GapData
 
 
-class Event(RootModel[Annotated[
+_Known = (
     RunCreated | RunPhase | TurnBoundary | TextDelta | MessageCompleted | ToolStarted
     | ToolCompleted | ToolDenied | HookDecision | RunRequiresAction | ApprovalDecided
     | RunInput | LLMRetry | TurnUsage
-    | CompactionCompleted | Subrun | RunCompleted | RunFailed | RunStopped | StreamGap,
-    Field(discriminator="type"),
-]]):
-    """One step of a run, discriminated by `type`; the same JSON is the SSE `data`."""
+    | CompactionCompleted | Subrun | RunCompleted | RunFailed | RunStopped | StreamGap
+)
+KnownEvent = Annotated[_Known, Field(discriminator="type")]
+KNOWN_TYPES = tuple(name for member in get_args(_Known)
+                    for name in get_args(member.model_fields["type"].annotation))
+
+
+class UnknownEvent(_Envelope):
+    """An event of a type this version of the document does not list: ignore it."""
+
+    type: str = Field(json_schema_extra={"not": {"enum": list(KNOWN_TYPES)}},
+                      description="any type but the listed ones")
+    data: dict[str, Any]
+
+    @field_validator("type")
+    @classmethod
+    def _not_known(cls, value: str) -> str:
+        if value in KNOWN_TYPES:
+            raise ValueError(f"{value!r} is a known type: its data must fit its schema")
+        return value
+
+
+class Event(RootModel[Annotated[KnownEvent | UnknownEvent, Field(union_mode="left_to_right")]]):
+    """One step of a run, told apart by `type`; the same JSON is the SSE `data`.
+
+    The document lists the known types, then `UnknownEvent`, which matches any event: a
+    client tries the members in order and ignores an `UnknownEvent` (a type added later).
+    """
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # One flat `anyOf` with no discriminator, which would reject types added later.
+        document = handler.resolve_ref_schema(handler(schema))
+        known, unknown = document["anyOf"]
+        members = [*known["oneOf"], unknown]
+        description = inspect.cleandoc(cls.__doc__ or "")
+        return {"anyOf": members, "title": "Event", "description": description}
 
 
 class EventPage(Page[Event]):

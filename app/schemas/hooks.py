@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from app.clock import utcnow
 from app.schemas.common import Name, Omittable, Page, RequestModel, ResponseModel, Timestamp
-from app.schemas.events import Event
+from app.schemas.events import KNOWN_TYPES
 
 Phase = Literal["pre_tool", "post_tool", "event"]
 FailureMode = Literal["closed", "open"]
@@ -32,16 +32,9 @@ STREAM_ONLY = ("stream.gap",)
 """Types that mark a place in a stream: no run records them, so no hook could get one."""
 
 
-def _event_types() -> tuple[str, ...]:
-    """Every `type` a run event can have (the literals of the `Event` union), and
-    `run.state`."""
-    found: list[str] = []
-    for member in get_args(Event.model_fields["root"].annotation):
-        found.extend(get_args(member.model_fields["type"].annotation))
-    return (*(type_ for type_ in found if type_ not in STREAM_ONLY), RUN_STATE)
-
-
-EVENT_TYPES = _event_types()
+EVENT_TYPES = (*(type_ for type_ in KNOWN_TYPES if type_ not in STREAM_ONLY), RUN_STATE)
+"""Every `type` a run event can have (the known members of the `Event` union), and
+`run.state`."""
 
 
 def _known_event(value: str) -> str:

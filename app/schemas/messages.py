@@ -38,7 +38,7 @@ Content = Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[
 ]
 
 
-class FunctionCall(RequestModel):
+class FunctionCallIn(RequestModel):
     name: ToolName
     arguments: Annotated[str, Field(max_length=MAX_TEXT, description="a JSON object, as text")]
 
@@ -54,8 +54,25 @@ class FunctionCall(RequestModel):
         return value
 
 
-class ToolCall(RequestModel):
+class ToolCallIn(RequestModel):
+    """A tool call of an imported assistant message."""
+
     id: ToolCallId
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+class FunctionCall(ResponseModel):
+    name: str
+    arguments: str = Field(description="the arguments as the model gave them: JSON text")
+
+
+class ToolCall(ResponseModel):
+    """A tool call of an assistant message, in the OpenAI shape."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
@@ -65,7 +82,7 @@ class MessageIn(RequestModel):
 
     role: Role
     content: Content | None = None
-    tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=128)] | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(min_length=1, max_length=128)] | None = None
     tool_call_id: ToolCallId | None = None
     name: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
@@ -93,7 +110,7 @@ class Message(ResponseModel):
     seq: int
     role: Role
     content: str | list[dict[str, Any]] | None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
     run_id: str | None = None

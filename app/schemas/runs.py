@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -19,6 +20,14 @@ from app.schemas.common import (
 from app.schemas.messages import Content
 from app.schemas.tools import ToolName
 from app.status import RunStatus
+
+
+class StopReason(StrEnum):
+    """Why a completed run stopped."""
+
+    END_TURN = "end_turn"
+    MAX_TURNS = "max_turns"
+    MAX_TOKENS = "max_tokens"
 
 
 class RunUsage(ResponseModel):
@@ -65,7 +74,7 @@ class Run(ResponseModel):
     agent_version: int
     owner: str
     status: RunStatus
-    stop_reason: Literal["end_turn", "max_turns", "max_tokens"] | None
+    stop_reason: StopReason | None
     error: RunError | None
     output: str | None
     turns: int
@@ -156,8 +165,10 @@ class RunCancel(RequestModel):
     wait: bool = False
 
 
-class RunCancelled(ResponseModel):
-    cancelled: int
+class CancelResult(ResponseModel):
+    """The answer to a cancel: how many runs it cancelled, and the run as it is now."""
+
+    cancelled: int = Field(description="this run and its descendants that were still active")
     run: Run
 
 
@@ -219,7 +230,7 @@ class BatchResult(ResponseModel):
     run_id: str
     session_id: str
     status: RunStatus
-    stop_reason: Literal["end_turn", "max_turns", "max_tokens"] | None
+    stop_reason: StopReason | None
     output: str | None
     usage: RunUsage
     error: RunError | None

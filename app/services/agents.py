@@ -14,8 +14,10 @@ from app.clock import utcnow
 from app.config import Settings
 from app.errors import AgentExists, Conflict, NotFound, ValidationFailed
 from app.ids import new_id
+from app.providers.registry import missing_api_key
 from app.schemas.agents import AgentCreate, AgentSpec, AgentUpdate
 from app.schemas.tools import HttpTool, ScriptedOptions
+from app.services.owners import Namespace
 from app.status import ACTIVE_STATUSES
 from app.store.db import Database
 from app.store.pagination import newest_first
@@ -45,6 +47,7 @@ def _check_provider(spec: AgentSpec, settings: Settings) -> None:
             ["body", "model"],
             f"unknown provider {provider!r}; known providers: {', '.join(known)}",
         )
+    check_api_key(settings, provider, ["body", "model"])
     if provider == "scripted":
         try:
             ScriptedOptions.model_validate(spec.provider_options)
@@ -54,6 +57,15 @@ def _check_provider(spec: AgentSpec, settings: Settings) -> None:
             first = errors[0]
             where = ".".join(str(p) for p in first["loc"][1:])
             raise ValidationFailed(f"{where}: {first['msg']}", errors) from exc
+
+
+def check_api_key(settings: Settings, provider: str, loc: list[str | int]) -> None:
+    """Refuse a model whose provider has no API key configured (its calls could only fail)."""
+    setting = missing_api_key(settings, provider)
+    if setting is not None:
+        raise ValidationFailed.at(
+            loc, f"provider {provider!r} has no API key: set {setting} in the server's "
+            "environment (a provider on a loopback address needs none)", "missing_api_key")
 
 
 async def check_tool_urls(tools: Sequence[Any], settings: Settings) -> None:
@@ -86,8 +98,22 @@ async def _find(db: AsyncSession, owner: str, name: str, lock: bool = False) -> 
 async def get_agent(db: AsyncSession, owner: str, name: str, lock: bool = False) -> Agent:
     agent = await _find(db, owner, name, lock)
     if agent is None:
-        raise NotFound(f"agent {name!r} not found")
+        raise NotFound(f"agent {name!r} not found{await _elsewhere(db, owner, name)}")
     return agent
+
+
+async def _elsewhere(db: AsyncSession, owner: str, name: str) -> str:
+    """For an admin, the other owners that have an agent of that name (none for others)."""
+    if not (isinstance(owner, Namespace) and owner.by_admin):
+        return ""
+    query = (select(Agent.owner).where(Agent.name == name, Agent.owner != owner)
+             .order_by(Agent.owner).limit(6))
+    owners = list((await db.exec(query)).all())
+    if not owners:
+        return ""
+    shown = ", ".join(owners[:5]) + (", ..." if len(owners) > 5 else "")
+    return (f" for owner {str(owner)!r}; agent {name!r} exists for owner(s) {shown}: "
+            f"use ?owner={owners[0]}")
 
 
 async def create_agent(

@@ -70,6 +70,13 @@ FULL_CONFIG: dict[str, Any] = {
 # -- helpers -------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def openai_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `OPENAI_API_KEY`, so `openai:*` agents are accepted (nothing here calls it)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+
+
 def assert_invalid(response: httpx.Response, *loc: str | int) -> dict[str, Any]:
     """A 422 `validation_error` whose `errors` include one located at (or under) `loc`."""
     body = assert_problem(response, 422, "validation_error")
@@ -309,6 +316,21 @@ class TestCreateAgent:
         follow = await admin.get(response.headers["location"])
         assert follow.status_code == 200, follow.text
         assert follow.json() == response.json()
+
+    async def test_admin_404_names_the_owners_that_have_the_agent(self, admin, alice, bob):
+        await create_agent(alice, "support")
+        await create_agent(bob, "support")
+
+        body = assert_problem(await admin.get("/v1/agents/support"), 404, "not_found")
+        assert "exists for owner(s) alice, bob: use ?owner=alice" in body["detail"]
+        patched = await admin.patch("/v1/agents/support", json={"max_turns": 3})
+        assert "use ?owner=alice" in assert_problem(patched, 404, "not_found")["detail"]
+
+    async def test_a_user_404_reveals_no_other_owner(self, alice, bob):
+        await create_agent(bob, "support")
+
+        body = assert_problem(await alice.get("/v1/agents/support"), 404, "not_found")
+        assert "bob" not in body["detail"] and "owner" not in body["detail"]
 
     async def test_user_may_name_their_own_namespace_with_owner(self, alice):
         response = await alice.post("/v1/agents?owner=alice",
@@ -1300,3 +1322,54 @@ class TestGetAgentVersion:
     async def test_without_a_valid_token_is_unauthorized(self, app, admin):
         await create_agent(admin, "support")
         await assert_unauthorized(app, "GET", "/v1/agents/support/versions/1")
+
+
+class TestProviderWithoutApiKey:
+    @pytest.fixture
+    def settings(self, database_url: str) -> Any:
+        return make_settings(database_url, providers={
+            "cloud": {"base_url": "https://llm.example.com/v1", "api_key_env": "CLOUD_KEY"},
+            "local": {"base_url": "http://127.0.0.1:11434/v1", "api_key_env": "LOCAL_KEY"},
+            "open": {"base_url": "https://llm.example.com/v1"},
+        })
+
+    @pytest.fixture(autouse=True)
+    def no_keys(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name in ("OPENAI_API_KEY", "CLOUD_KEY", "LOCAL_KEY"):
+            monkeypatch.delenv(name, raising=False)
+
+    @pytest.mark.parametrize(("model", "setting"), [
+        ("openai:gpt-4o-mini", "OPENAI_API_KEY"), ("cloud:big", "CLOUD_KEY")])
+    async def test_create_is_a_422_naming_the_setting(self, alice, model, setting):
+        response = await alice.post("/v1/agents", json={"name": "support", "model": model})
+
+        body = assert_invalid(response, "body", "model")
+        assert setting in body["detail"]
+        assert body["errors"][0]["type"] == "missing_api_key"
+        assert (await alice.get("/v1/agents")).json()["items"] == []
+
+    async def test_update_to_such_a_model_is_refused(self, alice):
+        await create_agent(alice, "support")
+
+        response = await alice.patch("/v1/agents/support", json={"model": "openai:gpt-4o"})
+
+        assert "OPENAI_API_KEY" in assert_invalid(response, "body", "model")["detail"]
+        assert (await get_agent(alice, "support"))["version"] == 1
+
+    @pytest.mark.parametrize("model", ["local:llama3", "open:any", "scripted:demo"])
+    async def test_loopback_keyless_and_scripted_providers_need_no_key(self, alice, model):
+        assert (await create_agent(alice, model=model))["model"] == model
+
+    async def test_a_key_in_the_environment_is_enough(self, alice, monkeypatch):
+        monkeypatch.setenv("CLOUD_KEY", "secret")
+
+        assert (await create_agent(alice, model="cloud:big"))["model"] == "cloud:big"
+
+    async def test_a_run_overriding_the_model_is_refused(self, alice):
+        await create_agent(alice, "support")
+
+        response = await alice.post("/v1/runs", json={
+            "agent": "support", "input": "hi", "overrides": {"model": "cloud:big"}})
+
+        assert "CLOUD_KEY" in assert_invalid(response, "body", "overrides", "model")["detail"]
+        assert (await alice.get("/v1/runs")).json()["items"] == []

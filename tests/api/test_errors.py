@@ -63,6 +63,32 @@ class TestMalformedJson:
             assert_problem(response, 400, "bad_request")
 
 
+class TestBodyWithoutJsonContentType:
+    @pytest.mark.parametrize("headers", [
+        {}, {"Content-Type": "application/x-www-form-urlencoded"},
+        {"Content-Type": "text/plain"},
+    ])
+    async def test_is_415_saying_what_to_send(
+        self, admin: httpx.AsyncClient, headers: dict[str, str]
+    ) -> None:
+        response = await admin.post("/v1/agents", headers=headers,
+                                    content=b'{"name": "a", "model": "scripted:demo"}')
+
+        body = assert_problem(response, 415, "unsupported_media_type")
+        assert "send Content-Type: application/json" in body["detail"]
+
+    async def test_a_json_suffix_type_is_json(self, admin: httpx.AsyncClient) -> None:
+        response = await admin.post("/v1/agents", headers={"Content-Type": "application/x+json"},
+                                    content=b'{"name": "a", "model": "scripted:demo"}')
+
+        assert response.status_code == 201, response.text
+
+    async def test_a_missing_body_is_still_a_422(self, admin: httpx.AsyncClient) -> None:
+        response = await admin.post("/v1/agents")
+
+        assert_problem(response, 422, "validation_error")
+
+
 class TestInvalidPayloads:
     async def test_wrong_types_name_each_field(self, admin: httpx.AsyncClient) -> None:
         response = await admin.post(
@@ -205,7 +231,7 @@ class TestBodySizeCap:
 
 
 class TestUnknownRoutes:
-    @pytest.mark.parametrize("path", ["/v2/agents", "/v1/nothing", "/", "/v1/agents/a/b/c/d"])
+    @pytest.mark.parametrize("path", ["/v2/agents", "/v1/nothing", "/v1", "/v1/agents/a/b/c/d"])
     async def test_unknown_route_is_404(self, admin: httpx.AsyncClient, path: str) -> None:
         assert_problem(await admin.get(path), 404, "not_found")
 

@@ -155,6 +155,18 @@ class TestCors:
         assert "access-control-allow-origin" not in simple.headers
         assert simple.status_code == 200
 
+    @pytest.mark.parametrize(("headers", "refused"), [
+        (preflight_headers("https://evil.example"), "origin"),
+        ({**preflight_headers(UI), "Access-Control-Request-Headers": "x-secret"}, "headers"),
+    ])
+    async def test_a_refused_preflight_is_a_problem(
+        self, browser: httpx.AsyncClient, headers: dict[str, str], refused: str
+    ) -> None:
+        response = await browser.options("/v1/sessions", headers=headers)
+
+        body = assert_problem(response, 400, "cors_rejected")
+        assert refused in body["detail"]
+
     async def test_no_cors_headers_unless_configured(self, admin: httpx.AsyncClient) -> None:
         response = await admin.get("/v1/whoami", headers={"Origin": UI})
 

@@ -61,9 +61,29 @@ class TestMetrics:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         for name in ("loomd_runs_active", "loomd_runs_queued", "loomd_sse_clients",
-                     "loomd_events_persisted", "loomd_run_duration_seconds_bucket",
+                     "loomd_run_duration_seconds_bucket",
                      "loomd_llm_call_duration_seconds", "loomd_tool_call_duration_seconds"):
             assert name in response.text
+
+    async def test_events_persisted_is_a_counter_named_total(self, admin, anonymous):
+        await _running_run(admin)
+        lines = (await anonymous.get("/metrics")).text.splitlines()
+        assert "# TYPE loomd_events_persisted_total counter" in lines
+        value = next(line for line in lines if line.startswith("loomd_events_persisted_total "))
+        assert float(value.split()[1]) >= 1
+        assert not any(line.startswith("loomd_events_persisted ") for line in lines)
+
+    async def test_head_answers_like_get_without_a_body(self, anonymous):
+        response = await anonymous.head("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        assert response.content == b""
+
+    async def test_head_is_404_when_turned_off(self, database_url):
+        app = create_app(make_settings(database_url, metrics_enabled=False))
+        async with LifespanManager(app), client_for(app, None) as anonymous:
+            response = await anonymous.head("/metrics")
+        assert response.status_code == 404
 
     async def test_active_runs_gauge_counts_a_running_run(self, admin, anonymous):
         await _running_run(admin)

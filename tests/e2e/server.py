@@ -78,8 +78,9 @@ class Server:
             "Application shutdown complete" in self.log())
 
 
-def start_loomd(cwd: Path, env: dict[str, str], *args: str) -> Server:
-    port = free_port()
+def start_loomd(cwd: Path, env: dict[str, str], *args: str, port: int | None = None) -> Server:
+    """`loomd serve` on `port` (default: a free one), logging to a file in `cwd`."""
+    port = port or free_port()
     log_path = cwd / f"loomd-{port}.log"
     log = log_path.open("w")
     process = subprocess.Popen(

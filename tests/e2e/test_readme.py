@@ -26,7 +26,7 @@ def test_readme_walk_through_runs_verbatim_in_open_mode(empty_database_url: str,
         server.wait_ready()
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", walk_through()], capture_output=True, text=True,
-            env=loomd_env(LOOMD=server.base_url), timeout=60, check=False,
+            env=loomd_env(LOOMD_URL=server.base_url), timeout=60, check=False,
         )
     finally:
         assert server.stop(), server.log()
@@ -55,7 +55,7 @@ def test_readme_snapshot_journey_moves_a_paused_run_from_sqlite_to_postgres(
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", walk_through("## Move a paused instance")],
             capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
-            env=loomd_env(LOOMD=source.base_url, TARGET=target.base_url),
+            env=loomd_env(LOOMD_URL=source.base_url, TARGET=target.base_url),
         )
     finally:
         stopped = source.stop(), target.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +89,41 @@ class TestServe:
     def test_served_openapi_equals_committed_file(self, server: Server):
         served = httpx.get(f"{server.base_url}/openapi.json").json()
         assert served == json.loads(COMMITTED_OPENAPI.read_text())
+
+
+class TestShutdown:
+    def test_sigterm_ends_open_event_streams_as_complete_responses(
+        self, empty_database_url: str, workdir: Path
+    ):
+        env = loomd_env(LOOMD_DATABASE_URL=empty_database_url, LOOMD_ADMIN_TOKEN=TOKEN,
+                        LOOMD_SHUTDOWN_GRACE_S="1")
+        server = start_loomd(workdir, env)
+        try:
+            server.wait_ready()
+            admin = {"Authorization": f"Bearer {TOKEN}"}
+            with httpx.Client(base_url=server.base_url, headers=admin, timeout=10) as http:
+                agent = http.post("/v1/agents", json={
+                    "name": "napper", "model": "scripted:demo",
+                    "tools": [{"type": "builtin", "name": "sleep"}],
+                    "provider_options": {"script": [{"tool_calls": [
+                        {"name": "sleep", "arguments": {"seconds": 30}}]}]}})
+                assert agent.status_code == 201, agent.text
+                run = http.post("/v1/runs", json={"agent": "napper", "input": "nap"}).json()
+                frames: list[str] = []
+                with http.stream("GET", f"/v1/runs/{run['id']}/events",
+                                 headers={"Accept": "text/event-stream"}) as stream:
+                    for line in stream.iter_lines():
+                        frames.append(line)
+                        if line == "event: tool.started":
+                            server.process.send_signal(signal.SIGTERM)
+                # The loop ended: the response was complete (a torn one raises here).
+            assert "event: tool.started" in frames
+        finally:
+            stopped = server.stop()
+        log = server.log()
+        assert stopped, log
+        assert "ASGI callable returned without completing response" not in log
+        assert "Cancel 1 running task(s)" not in log
 
 
 class TestStartupChecks:

@@ -232,6 +232,28 @@ class TestCancel:
         assert (await alice.messages(session_id))[-1]["content"] == (
             "<cancelled: user pressed stop>")
 
+    async def test_cancel_without_wait_answers_the_run_as_the_cancel_left_it(self, alice: Api):
+        await alice.agent("napper", [NAP], [SLEEP])
+        run = await sleeping_run(alice, await alice.session("napper"))
+
+        result = await alice.cancel(run["id"])
+
+        assert result["cancelled"] == 1
+        assert result["run"]["status"] == "cancelled"
+        assert result["run"]["ended_at"] is not None
+        assert result["run"] == await alice.get_run(run["id"])
+
+    async def test_a_cancelled_tool_reports_how_long_it_ran(self, alice: Api):
+        await alice.agent("napper", [NAP], [SLEEP])
+        run = await sleeping_run(alice, await alice.session("napper"))
+        await asyncio.sleep(0.3)  # the tool has run at least this long when it is cancelled
+
+        await alice.cancel(run["id"], wait=True)
+
+        [closed] = of_type(await alice.events(run["id"]), "tool.completed")
+        assert closed["data"]["is_error"] is True
+        assert 300 <= closed["data"]["duration_ms"] < 30_000
+
     async def test_cancelling_a_finished_run_is_a_no_op(self, alice: Api):
         await alice.agent("quick", [step("Done.")])
         run = await alice.wait((await alice.start(await alice.session("quick")))["id"])

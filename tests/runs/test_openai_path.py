@@ -169,6 +169,18 @@ class TestLlmockFaults:
         assert "time" in retry["error"].lower()
         assert len(llmock_requests(llmock_server)) >= 2
 
+    @pytest.mark.parametrize("status", [401, 403])
+    async def test_a_refused_key_fails_at_once_without_retries(
+        self, via_llmock: Api, llmock_server: MockServer, status: int
+    ):
+        llmock_script(llmock_server, {"type": "fail", "status": status, "times": None})
+        run, events = await self._run(via_llmock)
+        assert run["status"] == "failed"
+        assert run["error"]["code"] == "provider_error"
+        assert str(status) in run["error"]["detail"]
+        assert "llm.retry" not in _types(events)
+        assert len(llmock_requests(llmock_server)) == 1
+
     async def test_a_400_fails_at_once_with_the_providers_message(
         self, via_llmock: Api, llmock_server: MockServer
     ):
