@@ -92,7 +92,10 @@ class RequestContextMiddleware:
             elif (rejection := _nul_in_url(scope)) is not None:
                 await rejection(scope, receive, send_with_id)
             else:
-                body_receive = self._guarded(receive, _body_read_timeout_s(scope), limit)
+                # An uncapped body (a snapshot's envelope) may be large: its parts only
+                # need to keep coming, each within the timeout of the one before.
+                body_receive = self._guarded(receive, _body_read_timeout_s(scope), limit,
+                                             idle=limit is None)
                 await self.app(scope, body_receive, send_with_id)
         except BodyReadTimeout as exc:
             # Raised outside the framework's handlers (a body read by other code).
@@ -114,8 +117,10 @@ class RequestContextMiddleware:
             )
             reset_request_id(token)
 
-    def _guarded(self, receive: Receive, timeout_s: float, limit: int | None) -> Receive:
-        """`receive` with the body cap, and a deadline for the whole body.
+    def _guarded(self, receive: Receive, timeout_s: float, limit: int | None,
+                 idle: bool = False) -> Receive:
+        """`receive` with the body cap, and a deadline for the whole body (with `idle`,
+        for each part of it: the deadline moves on with every part received).
 
         The deadline runs from the first read of the body, so a client that sends the
         headers and then stalls, or trickles the body, gets a 408 instead of holding the
@@ -131,7 +136,7 @@ class RequestContextMiddleware:
             if body_complete:
                 return await receive()
             loop = asyncio.get_running_loop()
-            if deadline is None:
+            if deadline is None or idle:
                 deadline = loop.time() + timeout_s
             try:
                 async with asyncio.timeout_at(deadline):

@@ -96,7 +96,8 @@ def _declared_length(request: Request) -> int | None:
     openapi_extra={"requestBody": {
         "required": True, "content": JSON_ENVELOPE,
         "description": "an envelope as exported, up to `LOOMD_SNAPSHOT_MAX_BYTES` (not "
-                       "`LOOMD_MAX_BODY_BYTES`)"}},
+                       "`LOOMD_MAX_BODY_BYTES`); `LOOMD_BODY_READ_TIMEOUT_S` bounds the wait "
+                       "for each part of it, not for the whole body"}},
 )
 async def import_snapshot(
     request: Request, settings: SettingsDep, _admin: AdminPrincipal, response: Response,

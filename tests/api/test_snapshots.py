@@ -7,6 +7,7 @@ compared with what the first one served.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -373,6 +374,32 @@ class TestImport:
             assert_problem(await admin.post("/v1/agents", json={**agent, "name": "other",
                                                                 "description": "d" * 2000}),
                            413, "body_too_large")
+
+    async def test_a_slow_import_may_take_longer_than_the_body_read_timeout(
+            self, database_url: str):
+        """An envelope of hundreds of MiB takes a while to upload: the import only needs
+        its parts to keep coming, while other bodies must arrive whole in time."""
+        async with instance(database_url, body_read_timeout_s=0.3) as application, \
+                admin_of(application) as admin:
+            meta = await snapshot(admin)
+            content = await export(admin, meta["id"])
+
+            async def trickled() -> AsyncIterator[bytes]:
+                third = len(content) // 3 + 1
+                for start in range(0, len(content), third):
+                    await asyncio.sleep(0.2)
+                    yield content[start:start + third]
+
+            assert (await import_(admin, trickled())).status_code == 201
+
+            async def trickled_agent() -> AsyncIterator[bytes]:
+                for part in (b'{"name": "slow", ', b'"model": "scripted:x"}'):
+                    await asyncio.sleep(0.2)
+                    yield part
+
+            slow = await admin.post("/v1/agents", content=trickled_agent(),
+                                    headers={"Content-Type": "application/json"})
+            assert_problem(slow, 408, "request_timeout")
 
 
 class TestRestore:
