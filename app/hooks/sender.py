@@ -12,7 +12,6 @@ through (`half_open`), and a success closes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -111,11 +110,19 @@ class EventSender:
                 now = utcnow()
                 if hook.circuit == "open" and hook.circuit_until and hook.circuit_until > now:
                     return
-                for delivery in pending:
-                    if delivery.next_attempt_at and delivery.next_attempt_at > utcnow():
-                        return  # the oldest waits for its retry; the others wait behind it
-                    if not await self._send(hook, delivery):
-                        return
+                # Outcomes are stored while the next deliveries go out; the batch's are all
+                # stored before the next batch is read, so none is sent twice by this loop.
+                records: list[asyncio.Future[None]] = []
+                try:
+                    for delivery in pending:
+                        if delivery.next_attempt_at and delivery.next_attempt_at > utcnow():
+                            return  # the oldest waits for its retry; the others behind it
+                        delivered, record = await self._send(hook, delivery)
+                        records.append(record)
+                        if not delivered:
+                            return
+                finally:
+                    await asyncio.gather(*records, return_exceptions=True)
                 if len(pending) < BATCH:
                     return
         except asyncio.CancelledError:
@@ -123,8 +130,9 @@ class EventSender:
         except Exception:
             logger.exception("a hook's deliveries could not be sent", extra={"hook_id": hook_id})
 
-    async def _send(self, hook: Any, delivery: Any) -> bool:
-        """One attempt; whether it was delivered."""
+    async def _send(self, hook: Any, delivery: Any) -> tuple[bool, asyncio.Future[None]]:
+        """One attempt: whether it was delivered, and the storing of its outcome (a failed
+        write leaves the delivery pending, to be sent again)."""
         body = json.dumps(delivery.payload, ensure_ascii=False, separators=(",", ":"))
         sent = await post_signed(self.client, hook.url, hook.secret, delivery.message_id, body,
                                  hook.timeout_ms)
@@ -143,10 +151,9 @@ class EventSender:
         values = {"status": status, "attempt": attempt, "status_code": status_code,
                   "duration_ms": duration_ms, "error": error, "response_excerpt": excerpt,
                   "next_attempt_at": retry_at, "updated_at": now}
-        with contextlib.suppress(Exception):
-            await self.writer.submit(lambda connection: _record(
-                connection, delivery.id, hook.id, values, error is None, now))
-        return error is None
+        record = asyncio.ensure_future(self.writer.submit(lambda connection: _record(
+            connection, delivery.id, hook.id, values, error is None, now)))
+        return error is None, record
 
 
 def _backoff(attempt: int) -> float:
