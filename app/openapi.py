@@ -69,6 +69,23 @@ def _optional_bodies(document: dict[str, Any]) -> None:
                     media["schema"] = others[0]
 
 
+def _optional_parameters(document: dict[str, Any]) -> None:
+    """An optional query or header parameter is its schema, not `anyOf: [schema, null]`: it
+    is absent or a value, never `null`, and generators then name its type after the
+    parameter instead of `…Type0`."""
+    for methods in document.get("paths", {}).values():
+        for operation in methods.values():
+            for parameter in operation.get("parameters", []):
+                schema = parameter.get("schema", {})
+                members = schema.get("anyOf", [])
+                others = [m for m in members if m != {"type": "null"}]
+                if parameter.get("required") or len(members) != 2 or len(others) != 1:
+                    continue
+                rest = {k: v for k, v in schema.items()
+                        if k != "anyOf" and not (k == "default" and v is None)}
+                parameter["schema"] = {**others[0], **rest}
+
+
 def _refer_to_provider_options(schema: Any) -> Any:
     if isinstance(schema, list):
         return [_refer_to_provider_options(item) for item in schema]
@@ -112,11 +129,18 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "tools", "description": "The key `http` tool calls are signed with."},
             {"name": "hooks",
              "description": "Webhooks that gate tool calls or receive run events."},
+            {"name": "runtime",
+             "description": "Pause and resume the runtime: runs park at turn boundaries "
+                            "(admin)."},
+            {"name": "snapshots",
+             "description": "Portable envelopes of the service's state: export, import, "
+                            "restore (admin)."},
         ],
         separate_input_output_schemas=False, webhooks=webhooks.router.routes,
     )
     _problem_responses(document)
     _optional_bodies(document)
+    _optional_parameters(document)
     for webhook in document.get("webhooks", {}).values():
         for operation in webhook.values():  # loomd sends these: it validates no answer
             operation["responses"].pop("422", None)
