@@ -183,6 +183,13 @@ class RunManager:
             self.submit(run_id)
         self.admit()
 
+    def go_on(self, run_id: str) -> None:
+        """Start a run queued to go on here, once its task (if it is still ending) ended."""
+        if run_id in self._tasks:
+            self._resubmit.add(run_id)
+        else:
+            self.submit(run_id)
+
     def steer(self, run_id: str) -> None:
         """Steering input was stored for the run: if it executes here, it takes the input at
         its next turn boundary (a run that starts later finds it as it is claimed, and a
@@ -685,6 +692,8 @@ class RunManager:
         self.writer.publish(event)
         self.runtime.parked()
         self.publish_state(host.run_id, host.session_id, host.agent, host.owner, "paused")
+        if not self.runtime.paused:  # resumed while it was parking: it goes on
+            await self.runtime.resume_parked([host.run_id])
 
     async def _end(self, host: RunHost, status: str, data: dict[str, Any], **fields: Any) -> None:
         """Store the run's end; raises `StorageFailed` when a write of the run failed."""

@@ -83,6 +83,8 @@ class Runtime:
             self._enter(row.paused_at, remaining)
         elif row.status == "running" and self.paused:
             self._leave()
+            # Runs that parked here after the resuming process queued the parked ones.
+            await self.resume_parked(None)
 
     async def report(self) -> dict[str, Any]:
         """`GET /v1/runtime`: the state and the runs of every process, by status."""
@@ -144,7 +146,7 @@ class Runtime:
             return []
         resumed = await self.manager.store.unpark(run_ids)
         for run_id in resumed:
-            self.manager.submit(run_id)
+            self.manager.go_on(run_id)
         return resumed
 
     def parked(self) -> None:

@@ -198,6 +198,25 @@ class TestPause:
         assert (await resume(admin))["resumed_runs"] == 0
 
 
+    async def test_a_resume_while_runs_are_parking_lets_them_go_on(
+            self, admin: httpx.AsyncClient, alice: Api) -> None:
+        await alice.agent("slow", SLOW_TOOL, tools=[SLEEP])
+        run = await alice.start(await alice.session("slow"))
+        await alice.until(run["id"], "tool.started")
+        pausing = asyncio.create_task(pause(admin))
+        deadline = asyncio.get_running_loop().time() + 5
+        while (await runtime(admin))["status"] != "pausing":
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+
+        assert (await resume(admin))["status"] == "running"
+
+        paused = await pausing
+        assert paused["force_cancelled"] == 0
+        ended = await alice.wait(run["id"])
+        assert (ended["status"], ended["output"]) == ("completed", "done after the pause")
+        assert (await runtime(admin))["paused_runs"] == 0
+
     async def test_a_subrun_runs_on_and_its_parent_parks_after_it(
             self, admin: httpx.AsyncClient, alice: Api) -> None:
         await alice.agent("child", [calls(("sleep", {"seconds": 0.5})), step("child done")],
