@@ -26,6 +26,9 @@ from app.store import tables  # noqa: F401  (registers the tables)
 from app.store.migrate import upgrade
 
 ADMIN_TOKEN = "test-admin-token"
+LIFESPAN_TIMEOUT_S = 60
+"""How long an app's start-up or shutdown may take in a test: two test workers share the
+cores with the servers some tests start, so a start-up may take seconds now and then."""
 PG_SERVER = os.environ.get("LOOMD_TEST_POSTGRES", "postgres@127.0.0.1:5432")
 BACKENDS = ("sqlite", "postgres")
 
@@ -127,7 +130,7 @@ def settings(database_url: str) -> Settings:
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application
 
 
@@ -195,3 +198,9 @@ def empty_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
         yield postgres_url(name)
     finally:
         drop_postgres_database(name)
+
+
+def lifespan_of(app: FastAPI) -> LifespanManager:
+    """Runs `app`'s lifespan (`async with`), with time to spare on a busy machine."""
+    return LifespanManager(app, startup_timeout=LIFESPAN_TIMEOUT_S,
+                           shutdown_timeout=LIFESPAN_TIMEOUT_S)

@@ -8,14 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.ids import new_id
 from app.main import create_app
 from app.store.tables import Run as RunRow
 from app.store.tables import Session as SessionRow
-from tests.conftest import client_for, make_settings
+from tests.conftest import client_for, lifespan_of, make_settings
 from tests.problems import assert_problem
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -366,7 +365,7 @@ class TestCreateAgent:
 
     async def test_open_mode_tokenless_caller_creates_as_the_admin(self, database_url):
         application = create_app(make_settings(database_url, admin_token=None))
-        async with LifespanManager(application), client_for(application, None) as client:
+        async with lifespan_of(application), client_for(application, None) as client:
             response = await client.post("/v1/agents", json={"name": "support",
                                                              "model": "scripted:demo"})
             assert response.status_code == 201, response.text

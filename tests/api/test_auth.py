@@ -10,13 +10,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlmodel import col
 
 from app.main import create_app
 from app.store.tables import ApiKey
-from tests.conftest import ADMIN_TOKEN, Users, client_for, make_settings
+from tests.conftest import ADMIN_TOKEN, Users, client_for, lifespan_of, make_settings
 from tests.problems import assert_problem
 
 
@@ -358,7 +357,7 @@ class TestAdminOnlyRoutes:
 async def open_app(database_url: str) -> AsyncIterator[FastAPI]:
     """The service without an admin token."""
     application = create_app(make_settings(database_url, admin_token=None))
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application
 
 
@@ -410,7 +409,7 @@ class TestOpenMode:
         caplog.set_level(logging.WARNING, logger="loomd")
         application = create_app(make_settings(database_url, admin_token=None))
 
-        async with LifespanManager(application):
+        async with lifespan_of(application):
             pass
 
         warnings = [r for r in caplog.records
@@ -424,7 +423,7 @@ class TestOpenMode:
         caplog.set_level(logging.WARNING, logger="loomd")
         application = create_app(make_settings(database_url))
 
-        async with LifespanManager(application):
+        async with lifespan_of(application):
             pass
 
         assert not [r for r in caplog.records if "open mode" in r.getMessage()]

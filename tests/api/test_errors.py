@@ -9,11 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
-from tests.conftest import ADMIN_TOKEN, client_for, make_settings
+from tests.conftest import ADMIN_TOKEN, client_for, lifespan_of, make_settings
 from tests.problems import PROBLEM_JSON, assert_problem
 
 JSON = {"Content-Type": "application/json"}
@@ -162,7 +161,7 @@ class TestInvalidPayloads:
 async def small_app(database_url: str) -> AsyncIterator[FastAPI]:
     """The service with a 2 KiB body cap."""
     application = create_app(make_settings(database_url, max_body_bytes=2048))
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application
 
 
@@ -404,7 +403,7 @@ async def buggy_app(database_url: str) -> AsyncIterator[FastAPI]:
 
     application.add_api_route("/v1/test-explode", explode, methods=["GET", "POST"],
                               tags=["test"])
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application
 
 

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app import __version__
 from app.main import create_app
 from app.store.migrate import downgrade, upgrade
-from tests.conftest import ADMIN_TOKEN, Users, client_for, make_settings
+from tests.conftest import ADMIN_TOKEN, Users, client_for, lifespan_of, make_settings
 from tests.problems import assert_problem
 
 UI = "https://ui.example"
@@ -45,7 +44,7 @@ class TestHealthz:
 
     async def test_answers_in_open_mode_too(self, database_url: str) -> None:
         application = create_app(make_settings(database_url, admin_token=None))
-        async with LifespanManager(application), client_for(application, None) as client:
+        async with lifespan_of(application), client_for(application, None) as client:
             response = await client.get("/healthz")
 
         assert response.json()["status"] == "ok"
@@ -80,7 +79,7 @@ class TestReadyz:
 @pytest.fixture
 async def cors_app(database_url: str) -> AsyncIterator[FastAPI]:
     application = create_app(make_settings(database_url, cors_origins=[UI]))
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application
 
 
@@ -250,7 +249,7 @@ class TestAccessLog:
         self, database_url: str, access_log: pytest.LogCaptureFixture
     ) -> None:
         application = create_app(make_settings(database_url, max_body_bytes=1024))
-        async with LifespanManager(application), client_for(application, ADMIN_TOKEN) as client:
+        async with lifespan_of(application), client_for(application, ADMIN_TOKEN) as client:
             access_log.clear()
             await client.post("/v1/agents", content=b"x" * 2000)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from asgi_lifespan import LifespanManager
 
 from app.main import create_app
-from tests.conftest import client_for, make_settings
+from tests.conftest import client_for, lifespan_of, make_settings
 
 SLEEPER = {
     "name": "sleeper", "model": "scripted:s",
@@ -45,7 +44,7 @@ class TestProviders:
         settings = make_settings(database_url, providers={
             "local": {"base_url": "http://127.0.0.1:9/v1"}})
         app = create_app(settings)
-        async with LifespanManager(app), client_for(app, "test-admin-token") as admin:
+        async with lifespan_of(app), client_for(app, "test-admin-token") as admin:
             response = await admin.get("/v1/providers?refresh=true")
         local = next(i for i in response.json()["items"] if i["name"] == "local")
         assert local["base_url"] == "http://127.0.0.1:9/v1"
@@ -81,7 +80,7 @@ class TestMetrics:
 
     async def test_head_is_404_when_turned_off(self, database_url):
         app = create_app(make_settings(database_url, metrics_enabled=False))
-        async with LifespanManager(app), client_for(app, None) as anonymous:
+        async with lifespan_of(app), client_for(app, None) as anonymous:
             response = await anonymous.head("/metrics")
         assert response.status_code == 404
 
@@ -92,7 +91,7 @@ class TestMetrics:
 
     async def test_can_be_turned_off(self, database_url):
         app = create_app(make_settings(database_url, metrics_enabled=False))
-        async with LifespanManager(app), client_for(app, None) as anonymous:
+        async with lifespan_of(app), client_for(app, None) as anonymous:
             response = await anonymous.get("/metrics")
         assert response.status_code == 404
         assert response.json()["code"] == "not_found"

@@ -9,12 +9,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app.config import Settings
 from app.main import create_app
 from app.providers.openai_compat import OpenAIProvider
-from tests.conftest import ADMIN_TOKEN, client_for, make_settings
+from tests.conftest import ADMIN_TOKEN, client_for, lifespan_of, make_settings
 from tests.problems import assert_problem
 
 
@@ -41,7 +40,7 @@ def fresh_install(monkeypatch: pytest.MonkeyPatch) -> None:
 @asynccontextmanager
 async def admin_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     application = create_app(settings)
-    async with LifespanManager(application), client_for(application, ADMIN_TOKEN) as client:
+    async with lifespan_of(application), client_for(application, ADMIN_TOKEN) as client:
         yield client
 
 

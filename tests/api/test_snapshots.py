@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
@@ -30,6 +29,7 @@ from tests.conftest import (
     client_for,
     create_postgres_database,
     drop_postgres_database,
+    lifespan_of,
     make_settings,
     postgres_url,
 )
@@ -122,7 +122,7 @@ def other_database_url(backend: str, request: pytest.FixtureRequest,
 @asynccontextmanager
 async def instance(database_url: str, **settings: Any) -> AsyncIterator[FastAPI]:
     application = create_app(make_settings(database_url, **settings))
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application
 
 

@@ -15,12 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
 from app.store.lock import DatabaseInUse
-from tests.conftest import make_settings
+from tests.conftest import lifespan_of, make_settings
 from tests.e2e.server import Server, free_port, loomd_env, run_loomd, start_loomd
 from tests.runs.helpers import SLEEP, agent_body, calls, step
 
@@ -62,7 +61,7 @@ def first_answer(server: Server, path: str, timeout: float = 30) -> httpx.Respon
 
 
 async def start_and_stop(application: FastAPI) -> None:
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         pass
 
 

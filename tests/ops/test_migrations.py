@@ -5,14 +5,13 @@ import asyncio
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from asgi_lifespan import LifespanManager
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 from app.main import create_app
 from app.store.migrate import SchemaOutdated, current_revision, downgrade, head_revision, upgrade
-from tests.conftest import make_settings
+from tests.conftest import lifespan_of, make_settings
 
 EXPECTED_TABLES = {
     "api_keys", "agents", "agent_versions", "sessions", "messages", "runs", "run_events",
@@ -74,5 +73,5 @@ class TestOutdatedSchema:
     async def test_app_refuses_to_start_on_an_empty_database(self, empty_database_url):
         app = create_app(make_settings(empty_database_url, auto_migrate=False))
         with pytest.raises(SchemaOutdated, match="loomd migrate"):
-            async with LifespanManager(app):
+            async with lifespan_of(app):
                 pass

@@ -7,12 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import Users, make_settings
+from tests.conftest import Users, lifespan_of, make_settings
 from tests.runs.helpers import Api
 
 MAX_ATTEMPTS = 3
@@ -39,5 +38,5 @@ async def bob(users: Users) -> Api:
 async def running_app(database_url: str, **settings: Any) -> AsyncIterator[FastAPI]:
     """An app of its own with the given settings, its lifespan running."""
     application = create_app(make_settings(database_url, llm_retry_base_s=0.01, **settings))
-    async with LifespanManager(application):
+    async with lifespan_of(application):
         yield application

@@ -20,7 +20,6 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -30,7 +29,14 @@ from app.main import create_app
 from app.runs.manager import RunManager
 from app.runs.store import RUNS, SESSIONS
 from tests.conftest import _TRUNCATE as TRUNCATE
-from tests.conftest import ADMIN_TOKEN, PG_SERVER, client_for, make_settings, postgres_url
+from tests.conftest import (
+    ADMIN_TOKEN,
+    PG_SERVER,
+    client_for,
+    lifespan_of,
+    make_settings,
+    postgres_url,
+)
 from tests.e2e.server import free_port
 from tests.runs.conftest import running_app
 from tests.runs.helpers import Api, assert_gapless, of_type, step, types
@@ -420,7 +426,7 @@ class TestShutdownRace:
         self, database_url: str, monkeypatch: pytest.MonkeyPatch
     ):
         app = create_app(make_settings(database_url, max_concurrent_runs=1))
-        lifespan = LifespanManager(app)
+        lifespan = lifespan_of(app)
         await lifespan.__aenter__()
         shut_down = False
         try:

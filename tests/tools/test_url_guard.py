@@ -1,12 +1,11 @@
 """Tool and hook URLs may not reach private addresses unless the operator allows it."""
 
 import pytest
-from asgi_lifespan import LifespanManager
 
 from app.config import PrivateUrls
 from app.main import create_app
 from app.tools.url_guard import PrivateUrl, check_public_url
-from tests.conftest import ADMIN_TOKEN, client_for, make_settings
+from tests.conftest import ADMIN_TOKEN, client_for, lifespan_of, make_settings
 
 PRIVATE = [
     "http://127.0.0.1/x", "http://localhost:8080/x", "http://api.localhost/x",
@@ -68,13 +67,13 @@ class TestAgentToolUrls:
 
     async def test_operator_may_allow_private_urls(self, database_url):
         app = create_app(make_settings(database_url, allow_private_urls=True))
-        async with LifespanManager(app), client_for(app, ADMIN_TOKEN) as admin:
+        async with lifespan_of(app), client_for(app, ADMIN_TOKEN) as admin:
             response = await admin.post("/v1/agents", json=_agent("http://127.0.0.1:9000/x"))
         assert response.status_code == 201, response.text
 
     async def test_operator_may_allow_some_private_addresses(self, database_url):
         app = create_app(make_settings(database_url, allow_private_urls="127.0.0.1"))
-        async with LifespanManager(app), client_for(app, ADMIN_TOKEN) as admin:
+        async with lifespan_of(app), client_for(app, ADMIN_TOKEN) as admin:
             allowed = await admin.post("/v1/agents", json=_agent("http://127.0.0.1:9000/x"))
             refused = await admin.post("/v1/agents", json={
                 "name": "other", "model": "scripted:x",
@@ -86,7 +85,7 @@ class TestAgentToolUrls:
 
     async def test_metadata_is_refused_although_private_urls_are_allowed(self, database_url):
         app = create_app(make_settings(database_url, allow_private_urls=True))
-        async with LifespanManager(app), client_for(app, ADMIN_TOKEN) as admin:
+        async with lifespan_of(app), client_for(app, ADMIN_TOKEN) as admin:
             response = await admin.post(
                 "/v1/agents", json=_agent("http://169.254.169.254/latest/meta-data"))
         assert response.status_code == 422
