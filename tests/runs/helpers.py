@@ -112,7 +112,7 @@ class Api:
         body: dict[str, Any] = response.json()
         return body
 
-    async def wait(self, run_id: str, timeout_s: float = 10) -> dict[str, Any]:
+    async def wait(self, run_id: str, timeout_s: float = 30) -> dict[str, Any]:
         """The run once it ended (fails the test when it did not within `timeout_s`)."""
         response = await self.client.get(f"/v1/runs/{run_id}/wait",
                                          params={"timeout_s": timeout_s})
@@ -135,7 +135,7 @@ class Api:
                 return items
             after = int(page["next_cursor"])
 
-    async def until(self, run_id: str, type_: str, timeout_s: float = 5) -> list[dict[str, Any]]:
+    async def until(self, run_id: str, type_: str, timeout_s: float = 20) -> list[dict[str, Any]]:
         """Poll the run's events until one of `type_` is persisted; returns them all."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:

@@ -46,7 +46,7 @@ async def runtime(admin: httpx.AsyncClient) -> dict[str, Any]:
     return body
 
 
-async def until_status(api: Api, run_id: str, status: str, timeout_s: float = 5) -> None:
+async def until_status(api: Api, run_id: str, status: str, timeout_s: float = 20) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while (await api.get_run(run_id))["status"] != status:
         assert asyncio.get_running_loop().time() < deadline, status
@@ -299,7 +299,7 @@ class TestPauseAcrossProcesses:
             await users.close()
 
 
-async def until_runtime(admin: httpx.AsyncClient, status: str, timeout_s: float = 5) -> None:
+async def until_runtime(admin: httpx.AsyncClient, status: str, timeout_s: float = 20) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while (await runtime(admin))["status"] != status:
         assert asyncio.get_running_loop().time() < deadline, status
