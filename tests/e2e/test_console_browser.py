@@ -307,6 +307,33 @@ class TestBrowsing:
         finally:
             server.stop()
 
+    def test_start_run_waits_for_the_agents_so_a_click_is_never_lost(
+        self, server: Server, tab: Tab
+    ):
+        with api(server, ADMIN) as http:
+            created = http.post("/v1/agents", json=agent_body("greeter", [step("Hello.")]))
+            assert created.status_code == 201, created.text
+        sign_in(tab, server, TOKEN)
+        page = tab.page
+        held: list[Any] = []
+        page.route(re.compile(r"/v1/agents\?"), lambda route: held.append(route))
+        page.goto(f"{server.base_url}/console/#/new?agent=greeter")
+        start = page.get_by_role("button", name="Start run")
+        expect(start).to_be_disabled()
+        for _ in range(PATIENCE_MS // 50):
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held, "the page never asked for the agents"
+        expect(start).to_be_disabled()
+        for route in held:
+            route.continue_()
+        page.get_by_label("Input").fill("hi")
+        start.click()
+        run_id = run_id_of(tab)
+        with api(server, {**ADMIN, **JSON}) as http:
+            assert http.get(f"/v1/runs/{run_id}/wait").json()["status"] == "completed"
+
     def test_a_wrong_key_is_refused_with_a_message(self, server: Server, tab: Tab):
         sign_in_page = tab.page
         sign_in_page.goto(f"{server.base_url}/console/")

@@ -692,7 +692,8 @@ async function showNewRun(params) {
   const select = h("select", { id: "agent", name: "agent", required: true });
   const input = h("textarea", { id: "input", name: "input", rows: 5, required: true });
   const problem = h("div", { "aria-live": "assertive" });
-  const submit = h("button", { type: "submit", text: "Start run" });
+  // Disabled until the agents have loaded: a click on an empty, required select is dropped silently.
+  const submit = h("button", { type: "submit", text: "Start run", disabled: true });
   const form = h("form", { class: "card", onsubmit: async (event) => {
     event.preventDefault();
     submit.disabled = true;
@@ -717,10 +718,10 @@ async function showNewRun(params) {
       select.append(h("option", { value: agent.name, selected: agent.name === params.get("agent"),
         text: `${agent.name} — ${agent.model}` }));
     }
-    if (!mine.length) {
+    if (mine.length) submit.disabled = false;
+    else {
       form.prepend(h("p", { role: "alert", text:
         "You have no agents yet: create one with POST /v1/agents (see the API docs at /docs)." }));
-      submit.disabled = true;
     }
   } catch (error) {
     form.prepend(errorBox(error));
