@@ -178,6 +178,18 @@ class TestNoTokenNeeded:
     async def test_operational_pages(self, anonymous: httpx.AsyncClient, path: str) -> None:
         assert (await anonymous.get(path)).status_code == 200
 
+    @pytest.mark.parametrize("path", ["/docs", "/redoc"])
+    async def test_docs_pages_may_load_nothing_from_outside(
+        self, anonymous: httpx.AsyncClient, path: str
+    ) -> None:
+        page = await anonymous.get(path)
+
+        policy = dict(part.strip().split(" ", 1)
+                      for part in page.headers["content-security-policy"].split(";"))
+        assert policy["default-src"] == policy["img-src"].split()[0] == "'self'"
+        assert "http" not in page.headers["content-security-policy"]
+        assert "/docs/assets/" in page.text and "cdn" not in page.text.lower()
+
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.name == "loomd.access"]
