@@ -332,6 +332,30 @@ class TestBrowsing:
         with api(server, {**ADMIN, **JSON}) as http:
             assert http.get(f"/v1/runs/{run_id}/wait").json()["status"] == "completed"
 
+    def test_sessions_load_a_page_at_a_time_and_a_double_click_shows_each_once(
+        self, server: Server, tab: Tab
+    ):
+        with api(server, ADMIN) as http:
+            created = http.post("/v1/agents", json=agent_body("greeter", [step("Hello.")]))
+            assert created.status_code == 201, created.text
+            ids = set()
+            for n in range(53):
+                session = http.post("/v1/sessions", json={"agent": "greeter", "title": f"s{n}"})
+                assert session.status_code == 201, session.text
+                ids.add(session.json()["id"])
+        sign_in(tab, server, TOKEN)
+        page = tab.page
+        page.locator("#nav").get_by_role("link", name="Sessions").click()
+        rows = page.locator("tbody tr")
+        expect(rows).to_have_count(50)
+        more = page.get_by_role("button", name="Load more")
+        more.dblclick()
+        expect(rows).to_have_count(53)
+        expect(more).to_be_hidden()
+        page.wait_for_timeout(300)
+        shown = rows.locator("th").all_inner_texts()
+        assert sorted(shown) == sorted(ids)
+
     def test_a_wrong_key_is_refused_with_a_message(self, server: Server, tab: Tab):
         sign_in_page = tab.page
         sign_in_page.goto(f"{server.base_url}/console/")

@@ -283,6 +283,27 @@ function onRunState(state) {
   document.getElementById("runs-empty")?.remove();
 }
 
+// Shows a list a page at a time: the first page now, the next one on each click of `more`.
+// `more` is disabled while a page loads, so a double click does not show a page twice.
+async function paged(more, fetchPage, show, showError) {
+  let cursor = null;
+  const load = async () => {
+    more.disabled = true;
+    try {
+      const page = await fetchPage(cursor);
+      show(page.items);
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+    } catch (error) {
+      showError(error);
+    } finally {
+      more.disabled = false;
+    }
+  };
+  more.addEventListener("click", load);
+  await load();
+}
+
 async function showRuns() {
   runRows.clear();
   const body = h("tbody", { id: "runs-body" });
@@ -295,26 +316,16 @@ async function showRuns() {
     h("thead", {}, h("tr", {}, ["Run", "Agent", "Status", "Session", "Created"].map(
       (title) => h("th", { scope: "col", text: title })))), body), more);
   focusHeading();
-  let cursor = null;
-  const load = async () => {
-    try {
-      const page = await api("v1/runs", { params: { limit: 50, cursor } });
-      for (const run of page.items) {
-        if (runRows.has(run.id)) continue;
-        const row = runRow(run);
-        runRows.set(run.id, row);
-        body.append(row);
-      }
-      if (!runRows.size) body.append(h("tr", { id: "runs-empty" }, h("td", { colspan: 5,
-        text: "No runs yet." })));
-      cursor = page.next_cursor;
-      more.hidden = !cursor;
-    } catch (error) {
-      main.append(errorBox(error));
+  await paged(more, (cursor) => api("v1/runs", { params: { limit: 50, cursor } }), (runs) => {
+    for (const run of runs) {
+      if (runRows.has(run.id)) continue;
+      const row = runRow(run);
+      runRows.set(run.id, row);
+      body.append(row);
     }
-  };
-  more.addEventListener("click", load);
-  await load();
+    if (!runRows.size) body.append(h("tr", { id: "runs-empty" }, h("td", { colspan: 5,
+      text: "No runs yet." })));
+  }, (error) => main.append(errorBox(error)));
 }
 
 // ---- One run, followed with resume ----------------------------------------
@@ -780,12 +791,10 @@ async function showSessions() {
       h("thead", {}, h("tr", {}, ["Session", "Title", "Agent", "Status", "Messages", "Updated"]
         .map((title) => h("th", { scope: "col", text: title })))), body), more);
   focusHeading();
-  let cursor = null;
   const agent = new URLSearchParams(location.hash.split("?")[1] ?? "").get("agent");
-  const load = async () => {
-    try {
-      const page = await api("v1/sessions", { params: { limit: 50, cursor, agent } });
-      for (const session of page.items) {
+  await paged(more, (cursor) => api("v1/sessions", { params: { limit: 50, cursor, agent } }),
+    (sessions) => {
+      for (const session of sessions) {
         body.append(h("tr", {},
           h("th", { scope: "row" }, sessionLink(session.id)),
           h("td", { text: session.title ?? "" }), h("td", { text: session.agent }),
@@ -793,14 +802,7 @@ async function showSessions() {
           h("td", { text: when(session.updated_at) })));
       }
       if (!body.children.length) body.append(h("tr", {}, h("td", { colspan: 6, text: "No sessions yet." })));
-      cursor = page.next_cursor;
-      more.hidden = !cursor;
-    } catch (error) {
-      main.append(errorBox(error));
-    }
-  };
-  more.addEventListener("click", load);
-  await load();
+    }, (error) => main.append(errorBox(error)));
 }
 
 function messageItem(message) {
@@ -863,20 +865,9 @@ async function showSession(sessionId) {
   } catch (error) {
     runs.append(h("li", {}, errorBox(error)));
   }
-  let cursor = null;
-  const load = async () => {
-    try {
-      const page = await api(`v1/sessions/${encodeURIComponent(session.id)}/messages`,
-        { params: { limit: 200, cursor } });
-      messages.append(...page.items.map(messageItem));
-      cursor = page.next_cursor;
-      more.hidden = !cursor;
-    } catch (error) {
-      messages.append(h("li", {}, errorBox(error)));
-    }
-  };
-  more.addEventListener("click", load);
-  await load();
+  await paged(more, (cursor) => api(`v1/sessions/${encodeURIComponent(session.id)}/messages`,
+    { params: { limit: 200, cursor } }), (items) => messages.append(...items.map(messageItem)),
+  (error) => messages.append(h("li", {}, errorBox(error))));
 }
 
 start();
