@@ -26,6 +26,7 @@ from app.schemas.snapshots import ITEM_MODELS, Source
 from app.snapshots.build import header, trailer
 from app.snapshots.chunks import AsyncReader, ChunkSink
 from app.snapshots.codec import FORMAT, FORMAT_VERSION, SECTIONS, canonical, key
+from app.snapshots.servable import Unservable, check_servable, describe
 
 MEMBERS = frozenset({"format", "format_version", "created_at", "source", "sections", "sha256"})
 MAX_ITEM_DEPTH = 40
@@ -163,10 +164,12 @@ def check_item(section: str, index: int, item: Any) -> None:
     try:
         ITEM_MODELS[section].model_validate(item)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
-                       for part in error["loc"])
-        raise corrupt(f"{where}{path}: {error['msg']}") from exc
+        path, reason = describe(exc)
+        raise corrupt(f"{where}{path}: {reason}") from exc
+    try:
+        check_servable(section, item)
+    except Unservable as exc:
+        raise corrupt(f"{where}{exc.where}: {exc}") from exc
 
 
 async def rewrite(open_reader: Reader, sink: ChunkSink) -> Verified:

@@ -347,6 +347,49 @@ class TestImport:
             assert_problem(await import_(admin, content), 422, code)
         assert [s["id"] for s in await listed(admin)] == [meta["id"]]
 
+    @pytest.mark.parametrize(("where", "edit"), [
+        ("sessions[0].messages[0].content", lambda s: s["sessions"][0]["messages"][0].update(
+            content=42)),
+        ("sessions[0].messages[1].tool_calls[0].id", lambda s: s["sessions"][0]["messages"][1]
+            .update(tool_calls=[{"type": "function"}])),
+        ("sessions[0].messages[1].seq", lambda s: s["sessions"][0]["messages"][1].update(seq=1)),
+        ("sessions[0].messages[1].seq", lambda s: s["sessions"][0]["messages"][1].update(
+            seq=99)),
+        ("sessions[0].todos[0].status", lambda s: s["sessions"][0].update(
+            todos=[{"content": "x", "status": "someday"}])),
+        ("sessions[0].open_tool_calls[0].id", lambda s: s["sessions"][0].update(
+            open_tool_calls=[{"name": "lookup", "arguments": "{}"}])),
+        ("agents[0].config.model", lambda s: s["agents"][0].update(config={})),
+        ("agents[0].versions[0].config.tools", lambda s: s["agents"][0]["versions"][0][
+            "config"].update(tools="none")),
+        ("agents[0].versions", lambda s: s["agents"][0].update(versions=[])),
+        ("runs[0].error.detail", lambda s: s["runs"][0].update(error={"code": "x"})),
+        ("runs[0].config.max_turns", lambda s: s["runs"][0]["config"].update(max_turns="ten")),
+        ("runs[0].config.only_tools", lambda s: s["runs"][0]["config"].update(only_tools="x")),
+        ("events[0].data.stop_reason", lambda s: next(
+            e for e in s["events"] if e["type"] == "run.completed").update(data={})
+            or s["events"].sort(key=lambda e: e["type"] != "run.completed")),
+        ("hooks[0].url", lambda s: s["hooks"][0].update(url="not a url")),
+        ("hooks[0].timeout_ms", lambda s: s["hooks"][0].update(timeout_ms=5)),
+    ])
+    async def test_items_the_service_could_not_serve_are_refused_by_path(
+            self, admin: httpx.AsyncClient, users: Users, where: str, edit: Any):
+        """A hand-edited envelope whose hash was recomputed: each edit would be stored, and
+        then fail every read of it (or the run it belongs to)."""
+        alice = Api(await users.client("alice"))
+        await alice.agent("helper", ANSWER)
+        await alice.wait((await alice.start(await alice.session("helper"), "hi"))["id"])
+        await hook(alice.client)
+        meta = await snapshot(admin, include_history=True)
+        envelope = json.loads(await export(admin, meta["id"]))
+        edit(envelope["sections"])
+        envelope["sha256"] = sections_hash(envelope)
+
+        body = assert_problem(await import_(admin, envelope_bytes(envelope)), 422,
+                              "snapshot_corrupt")
+        assert f"sections.{where}: " in body["detail"], body["detail"]
+        assert [s["id"] for s in await listed(admin)] == [meta["id"]]
+
     async def test_an_envelope_over_the_snapshot_cap_is_413(self, database_url: str):
         async with instance(database_url, snapshot_max_bytes=2048) as application, \
                 admin_of(application) as admin:
