@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.clock import utcnow
 from app.ids import new_id
+from app.schemas.agents import AgentSpec
 from app.snapshots.codec import AGENT_VERSIONS, AGENTS, HOOKS
 from app.store.migrate import upgrade
 from app.store.statements import EVENTS, MESSAGES, RUNS, SESSIONS
@@ -42,8 +43,9 @@ from bench.services import ADMIN_TOKEN, LoomdServer, loomd_server, postgres_data
 
 BACKENDS = ("sqlite", "postgres")
 OWNER, AGENT = "bench", "bench"
-CONFIG = {"model": "scripted:bench", "instructions": "You are a benchmark.", "tools": [],
-          "max_turns": 16, "timeout_s": 600, "metadata": {}}
+CONFIG = AgentSpec(model="scripted:bench", instructions="You are a benchmark.", max_turns=16,
+                   timeout_s=600).model_dump(mode="json")
+"""Stored as the service stores an agent's configuration: every field of `AgentSpec`."""
 TEXT = ("The quick brown fox jumps over the lazy dog while the benchmark counts every byte "
         "of the envelope it writes. ")
 INSERT_ROWS = 2000
@@ -242,7 +244,8 @@ def bench(backend: str, sizes: Sizes, workdir: Path) -> list[Row]:
             with sampler:
                 response = http.post("/v1/snapshots/import", content=_file_parts(envelope))
             import_s = time.perf_counter() - started
-            response.raise_for_status()
+            if response.status_code != 201:
+                raise SystemExit(f"the import was refused: {response.text}")
             imported = response.json()
             assert imported["sha256"] == meta["sha256"], (imported, meta)
             rows.append(Row(backend, "import", f"{import_s:.2f} s; server RSS peak "

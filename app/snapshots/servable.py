@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
+from app.loop.config import RunConfig
 from app.schemas.agents import Agent, AgentSpec
 from app.schemas.events import Event
 from app.schemas.hooks import Hook, HookCreate
 from app.schemas.messages import Message
-from app.schemas.runs import Run
+from app.schemas.runs import InputMessage, Run
 from app.schemas.sessions import Session
 from app.services.agents import agent_view, version_view
 from app.services.runs import run_view
@@ -47,11 +48,58 @@ class OpenCall(BaseModel):
     arguments: str
 
 
-class RunOverrides(BaseModel):
-    model_config = ConfigDict(strict=True)
+class ClientOutput(BaseModel):
+    output: str
+    is_error: bool = False
 
-    only_tools: list[str] | None = None
-    allowed_hosts: list[str] | None = None
+
+class Decision(BaseModel):
+    approve: bool
+    reason: str | None = None
+    arguments: Any = None
+
+
+class Parked(BaseModel):
+    kind: Literal["parked"]
+    turn: int
+
+
+class AwaitingInput(BaseModel):
+    kind: Literal["input"]
+
+
+class AwaitingOutputs(BaseModel):
+    kind: Literal["submit_tool_outputs"]
+    turn: int
+    tool_calls: list[OpenCall]
+    deferred: list[OpenCall]
+    answers: dict[str, ClientOutput]
+
+
+class AwaitingDecisions(BaseModel):
+    kind: Literal["approve_tool_calls"]
+    turn: int
+    tool_calls: list[OpenCall]
+    deferred: list[OpenCall]
+    answers: dict[str, Decision]
+
+
+WAITS: dict[str, type[BaseModel]] = {
+    "parked": Parked, "input": AwaitingInput, "submit_tool_outputs": AwaitingOutputs,
+    "approve_tool_calls": AwaitingDecisions,
+}
+"""A run's `waiting` column by its `kind`, as the run core reads it when the run goes on."""
+
+
+class RunRequest(BaseModel):
+    """What a run was asked, as the run core reads it when the run starts."""
+
+    input: list[InputMessage] = Field(default_factory=list)
+    on_pending: Literal["reject", "resume", "abort"] = "reject"
+
+
+class PendingInput(RootModel[list[InputMessage]]):
+    """Input a run took while it waited, for its next turn."""
 
 
 def _row(item: dict[str, Any]) -> SimpleNamespace:
@@ -127,9 +175,17 @@ def _session(item: dict[str, Any]) -> None:
 def _run(item: dict[str, Any]) -> None:
     _valid(Run, run_view(_row(item)), "")  # type: ignore[arg-type]
     config = item["config"]
+    _valid(RunConfig, config, ".config")
     _valid(AgentSpec, {k: v for k, v in config.items() if k not in RUN_ONLY_CONFIG},
            ".config")
-    _valid(RunOverrides, {k: v for k, v in config.items() if k in RUN_ONLY_CONFIG}, ".config")
+    waiting = item["waiting"]
+    if waiting is not None:
+        model = WAITS.get(waiting.get("kind"))
+        if model is None:
+            raise Unservable(".waiting.kind", f"must be one of {', '.join(WAITS)}")
+        _valid(model, waiting, ".waiting")
+    _valid(PendingInput, item["pending_input"], ".pending_input")
+    _valid(RunRequest, item["request"], ".request")
 
 
 def _event(item: dict[str, Any]) -> None:

@@ -366,6 +366,10 @@ class TestImport:
         ("runs[0].error.detail", lambda s: s["runs"][0].update(error={"code": "x"})),
         ("runs[0].config.max_turns", lambda s: s["runs"][0]["config"].update(max_turns="ten")),
         ("runs[0].config.only_tools", lambda s: s["runs"][0]["config"].update(only_tools="x")),
+        ("runs[0].waiting.turn", lambda s: s["runs"][0].update(waiting={"kind": "parked"})),
+        ("runs[0].pending_input[0].role", lambda s: s["runs"][0].update(
+            pending_input=[{"role": "tool", "content": "x"}])),
+        ("runs[0].request.input", lambda s: s["runs"][0]["request"].update(input="hi")),
         ("events[0].data.stop_reason", lambda s: next(
             e for e in s["events"] if e["type"] == "run.completed").update(data={})
             or s["events"].sort(key=lambda e: e["type"] != "run.completed")),
