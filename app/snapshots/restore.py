@@ -98,6 +98,9 @@ class Restorer:
         """Restored sessions with an active run, whose run is checked once runs are in."""
         self._interrupted: list[str] = []
         """Runs that were running when the snapshot was taken: restored as interrupted."""
+        self._unsettled: list[str] = []
+        """Runs that were running in the snapshot and are here already: a restore cut short
+        may have left them without their end event, or their session held."""
         self._queued: list[str] = []
         """The snapshot's queued runs, here now; those first in their session are started."""
         self._missing_runs = 0
@@ -205,6 +208,8 @@ class Restorer:
             if session.id in existing:
                 self.report.skipped["sessions"] += 1
                 self.report.skipped["messages"] += len(session.messages)
+                if session.parent_session_id:  # a restore cut short may not have linked it
+                    self._orphans.append((session.id, session.parent_session_id))
                 continue
             row = row_of("sessions", session.model_dump(exclude={"messages"}))
             if session.parent_session_id and session.parent_session_id not in parents:
@@ -231,9 +236,11 @@ class Restorer:
         self.report.created["messages"] += len(messages)
 
     async def _adopt(self, connection: AsyncConnection, orphans: list[tuple[str, str]]) -> None:
-        """Link sessions restored before their parents to them, now that all are in."""
+        """Link sessions restored before their parents to them, now that all are in (and
+        those a restore cut short did not link; a linked session is left as it is)."""
         present = await self._ids(connection, SESSIONS.c.id, (parent for _, parent in orphans))
-        link = (sa.update(SESSIONS).where(SESSIONS.c.id == sa.bindparam("child"))
+        link = (sa.update(SESSIONS).where(SESSIONS.c.id == sa.bindparam("child"),
+                                          SESSIONS.c.parent_session_id.is_(None))
                 .values(parent_session_id=sa.bindparam("parent")))
         found = [{"child": child, "parent": parent} for child, parent in orphans
                  if parent in present]
@@ -278,6 +285,8 @@ class Restorer:
                 self._interrupted.append(run.id)
                 self.report.warn(f"run {run.id} was running when the snapshot was taken: it is "
                                  "restored as interrupted")
+            elif run.id in existing and run.status == "running":
+                self._unsettled.append(run.id)
             # Runs already here too: a restore cut short goes on with them when repeated
             # (and a run that is not paused or queued any more is left alone then).
             elif run.id in created or run.id in existing:
@@ -319,6 +328,13 @@ class Restorer:
     # what the restored runs and sessions need to go on
 
     async def _settle(self) -> None:
+        for run_ids in _chunks(self._unsettled, BATCH_ROWS):
+            async with self.database.read() as db:
+                await self._find_unsettled(await db.connection(), run_ids)
+        for run_ids in _chunks([*self._interrupted, *self._unsettled], BATCH_ROWS):
+            async with self.database.read() as db:
+                await self._find_held(await db.connection(), run_ids)
+        self._holding = list(dict.fromkeys(self._holding))
         for run_ids in _chunks(self._interrupted, BATCH_ROWS):
             async with self.database.transaction() as db:
                 await self._end_interrupted(await db.connection(), run_ids)
@@ -332,6 +348,20 @@ class Restorer:
                          .where(RUNS.c.id.in_(run_ids), RUNS.c.status == "queued"))
                 first = set((await (await db.connection()).execute(query)).scalars())
             self.report.queued += [run_id for run_id in run_ids if run_id in first]
+
+    async def _find_unsettled(self, connection: AsyncConnection, run_ids: list[str]) -> None:
+        """Of runs restored as interrupted before, those still without their end event."""
+        ended = sa.exists().where(EVENTS.c.run_id == RUNS.c.id,
+                                  EVENTS.c.type == "run.interrupted")
+        query = sa.select(RUNS.c.id).where(RUNS.c.id.in_(run_ids),
+                                           RUNS.c.status == "interrupted", ~ended)
+        self._interrupted += list((await connection.execute(query)).scalars())
+
+    async def _find_held(self, connection: AsyncConnection, run_ids: list[str]) -> None:
+        """The sessions these runs, restored as interrupted, hold (also sessions restored
+        by a restore cut short before their runs came in)."""
+        held = sa.select(SESSIONS.c.id).where(SESSIONS.c.active_run_id.in_(run_ids))
+        self._holding += list((await connection.execute(held)).scalars())
 
     async def _end_interrupted(self, connection: AsyncConnection, run_ids: list[str]) -> None:
         """Give each run restored as interrupted its terminal event, after its last one."""

@@ -563,6 +563,59 @@ class TestRestore:
             session = await get_json(other, f"/v1/sessions/{session_id}")
             assert (session["status"], session["active_run_id"]) == ("idle", None)
 
+    @pytest.mark.parametrize("cut_at", ["_adopt", "_settle", "_hooks"])
+    async def test_a_restore_cut_short_is_finished_by_the_next_one(
+            self, admin: httpx.AsyncClient, users: Users, other_database_url: str,
+            monkeypatch: pytest.MonkeyPatch, cut_at: str):
+        alice = Api(await users.client("alice"))
+        await alice.agent("helper", ANSWER)
+        parent = await alice.session("helper", title="parent")
+        await alice.wait((await alice.start(parent))["id"])
+        forked = await alice.client.post(f"/v1/sessions/{parent}/fork", json={})
+        assert forked.status_code == 201, forked.text
+        child = forked.json()["id"]
+        await alice.agent("slow", SLOW, tools=[SLEEP])
+        busy = await alice.session("slow")
+        running = await alice.start(busy)
+        await alice.until(running["id"], "tool.started")
+        queued = await alice.start(busy, "next", if_busy="enqueue")
+        await hook(alice.client)
+        envelope = json.loads(await export(admin, (await snapshot(admin,
+                                                                  include_history=True))["id"]))
+        await alice.cancel(running["id"])
+        # A child session (as a subagent's is) before its parent: it is linked to its
+        # parent only once every session is in.
+        sessions = envelope["sections"]["sessions"]
+        sessions.sort(key=lambda session: session["id"] != child)
+        sessions[0]["parent_session_id"] = parent
+        envelope["sha256"] = sections_hash(envelope)
+
+        async with instance(other_database_url) as fresh, admin_of(fresh) as other:
+            imported = (await import_(other, envelope_bytes(envelope))).json()["id"]
+
+            async def cut_short(*_: Any) -> None:
+                raise RuntimeError("the process stopped here")
+
+            with monkeypatch.context() as patch:
+                from app.snapshots.restore import Restorer
+                patch.setattr(Restorer, cut_at, cut_short)
+                cut = await other.post(f"/v1/snapshots/{imported}/restore", json={})
+                assert cut.status_code == 500, cut.text
+            result = await restore(other, imported)
+
+            linked = await get_json(other, f"/v1/sessions/{child}")
+            assert linked["parent_session_id"] == parent
+            events = (await get_json(other, f"/v1/runs/{running['id']}/events"))["items"]
+            assert [e["type"] for e in events].count("run.interrupted") == 1
+            assert events[-1]["type"] == "run.interrupted"
+            assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+            after = await get_json(other, f"/v1/runs/{queued['id']}/wait", timeout_s=10)
+            assert (after["status"], after["output"]) == ("completed", "done after the sleep")
+            hooks = (await get_json(other, "/v1/hooks"))["items"]
+            assert len(hooks) == 1
+            # Hooks come last: the restore cut short made none, the next one each.
+            assert [s["hook_id"] for s in result["hook_secrets"]] == [hooks[0]["id"]]
+
     async def test_a_paused_run_resumes_on_the_instance_restored_into(
             self, admin: httpx.AsyncClient, users: Users, other_database_url: str):
         alice = Api(await users.client("alice"))
