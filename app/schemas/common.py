@@ -14,6 +14,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     PlainSerializer,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError, core_schema
@@ -153,6 +154,24 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+def documented_as(component: str) -> WithJsonSchema:
+    """A JSON object documented as the named component schema, and checked only as JSON: for
+    values the service stored itself, in the shape that other model defines (generated
+    clients then type them with that model, not an anonymous one)."""
+    return WithJsonSchema({"$ref": f"#/components/schemas/{component}"})
+
+
+JsonObject = dict[str, Any]
+
+
+class PendingToolCall(ResponseModel):
+    """A tool call of a session that still waits for its result."""
+
+    id: str
+    name: str
+    arguments: str = Field(description="the arguments as the model gave them: JSON text")
+
+
 class Page(BaseModel, Generic[T]):
     """One page of a list; pass `next_cursor` as `?cursor=` for the next page."""
 
@@ -201,7 +220,7 @@ class RunConflictProblem(SessionConflictProblem):
     """A 409 of run creation: `session_busy` (with `active_run_id`), `session_pending` (with
     `pending_tool_calls`), `idempotency_conflict` (with `idempotency_key`) or `conflict`."""
 
-    pending_tool_calls: Omittable[list[dict[str, Any]]] = Field(
+    pending_tool_calls: Omittable[list[PendingToolCall]] = Field(
         default=None, description="`session_pending`: the tool calls without results")
 
 

@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from app.schemas.common import Page, Timestamp
+from app.schemas.common import JsonObject, Page, Timestamp, documented_as
 from app.schemas.messages import Message
 from app.schemas.runs import RequiredAction, Run, RunError, RunUsage
 
@@ -93,7 +93,8 @@ class ApprovalDecidedData(TurnData):
 
 
 class InputData(_Data):
-    messages: list[dict[str, Any]] = Field(description="the steering input, as stored")
+    messages: list[Annotated[JsonObject, documented_as("InputMessage")]] = Field(
+        description="the steering input, as stored")
 
 
 class RequiresActionData(_Data):

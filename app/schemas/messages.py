@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas.common import RequestModel, ResponseModel, Timestamp
+from app.schemas.common import (
+    JsonObject,
+    RequestModel,
+    ResponseModel,
+    Timestamp,
+    documented_as,
+)
 from app.schemas.tools import ToolName
 
 ToolCallId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -109,7 +115,7 @@ class MessagesAppend(RequestModel):
 class Message(ResponseModel):
     seq: int
     role: Role
-    content: str | list[dict[str, Any]] | None
+    content: str | list[Annotated[JsonObject, documented_as("ContentPart")]] | None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None

@@ -20,7 +20,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.schemas.common import Omittable, Page, RequestModel, ResponseModel, Timestamp
+from app.schemas.common import (
+    JsonObject,
+    Omittable,
+    Page,
+    RequestModel,
+    ResponseModel,
+    Timestamp,
+    documented_as,
+)
 from app.status import RunStatus
 
 
@@ -145,8 +153,8 @@ class AgentItem(Item):
 class MessageItem(Item):
     seq: Int32
     role: Literal["system", "user", "assistant", "tool"]
-    content: Any
-    tool_calls: list[dict[str, Any]] | None
+    content: str | list[Annotated[JsonObject, documented_as("ContentPart")]] | None
+    tool_calls: list[Annotated[JsonObject, documented_as("ToolCall")]] | None
     tool_call_id: Text128 | None
     name: Text128 | None
     run_id: Id | None
@@ -162,7 +170,7 @@ class SessionItem(Item):
     metadata: dict[str, Any]
     status: Literal["idle", "running", "pending"]
     active_run_id: Id | None
-    open_tool_calls: list[dict[str, Any]]
+    open_tool_calls: list[Annotated[JsonObject, documented_as("PendingToolCall")]]
     parent_session_id: Id | None
     parent_run_id: Id | None
     message_count: Int32
@@ -171,7 +179,7 @@ class SessionItem(Item):
     completion_tokens: Int32
     total_tokens: Int32
     llm_calls: Int32
-    todos: list[dict[str, Any]]
+    todos: list[Annotated[JsonObject, documented_as("Todo")]]
     created_at: TimestampIn
     updated_at: TimestampIn
     messages: list[MessageItem] = Field(description="every message, compacted ones too")
@@ -185,15 +193,15 @@ class RunItem(Item):
     agent_version: Int32
     status: RunStatus
     stop_reason: Text24 | None
-    error: dict[str, Any] | None
+    error: Annotated[JsonObject, documented_as("RunError")] | None
     output: str | None
     turns: Int32
     usage: dict[str, Any]
-    required_action: dict[str, Any] | None
+    required_action: Annotated[JsonObject, documented_as("RequiredAction")] | None
     waiting: dict[str, Any] | None
     action_expires_at: TimestampIn | None
-    decisions: list[dict[str, Any]]
-    pending_input: list[dict[str, Any]]
+    decisions: list[Annotated[JsonObject, documented_as("ApprovalRecord")]]
+    pending_input: list[Annotated[JsonObject, documented_as("InputMessage")]]
     active_ms: Int32
     depth: Int32
     parent_run_id: Id | None
