@@ -6,31 +6,34 @@ import re
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 from pydantic import TypeAdapter, ValidationError
 
-from app.api.deps import CurrentPrincipal, Cursor, DbSession, Limit, SettingsDep, get_database
+from app.api.deps import (
+    CurrentPrincipal,
+    Cursor,
+    DbSession,
+    Limit,
+    Owner,
+    SettingsDep,
+    get_database,
+    namespace,
+)
 from app.api.responses import READ, WRITE, errors
 from app.auth import Principal
-from app.errors import BadRequest, NotFound, ValidationFailed
+from app.errors import BadRequest, NotFound
 from app.schemas.agents import Agent, AgentCreate, AgentPage, AgentUpdate
-from app.schemas.common import AgentConflictProblem, Name, Subject
+from app.schemas.common import AgentConflictProblem, Name
 from app.services import agents as service
-from app.services.owners import resolve_owner
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
 AgentName = Annotated[str, Path(description="the agent's name", max_length=64)]
-Owner = Annotated[
-    str | None,
-    Query(max_length=64, description="admins only: address another subject's namespace"),
-]
 
 
 _NAME = TypeAdapter(Name)
 MAX_VERSION = 2**31 - 1
 _VERSION_CURSOR = re.compile(r"[0-9]{1,10}")
-_SUBJECT = TypeAdapter(Subject)
 
 
 def _checked_name(name: str) -> str:
@@ -39,19 +42,6 @@ def _checked_name(name: str) -> str:
         return _NAME.validate_python(name)
     except ValidationError:
         raise NotFound(f"agent {name!r} not found") from None
-
-
-def _namespace(principal: Principal, owner: str | None) -> str:
-    """The owner addressed by `?owner=`; one that no subject can have is a 422."""
-    if owner is not None:
-        try:
-            _SUBJECT.validate_python(owner)
-        except ValidationError:
-            raise ValidationFailed.at(
-                ["query", "owner"], "must be a subject: 1..64 of letters, digits, `_.@-`",
-                "string_pattern_mismatch",
-            ) from None
-    return resolve_owner(principal, owner)
 
 
 def _location(principal: Principal, owner: str, name: str) -> str:
@@ -71,7 +61,7 @@ async def create_agent(
 ) -> Agent:
     """Create an agent in the caller's namespace (version 1)."""
     agent = await service.create_agent(
-        get_database(request), settings, _namespace(principal, owner), body)
+        get_database(request), settings, namespace(principal, owner), body)
     response.headers["Location"] = _location(principal, agent.owner, agent.name)
     return Agent.model_validate(service.agent_view(agent))
 
@@ -82,7 +72,7 @@ async def list_agents(
     limit: Limit = 50, cursor: Cursor = None,
 ) -> AgentPage:
     """Newest first. Users see their own agents; admins see every owner's."""
-    scope = _namespace(principal, owner) if owner is not None or not principal.is_admin else None
+    scope = namespace(principal, owner) if owner is not None or not principal.is_admin else None
     rows, next_cursor = await service.list_agents(db, scope, limit, cursor)
     return AgentPage(items=[Agent.model_validate(service.agent_view(a)) for a in rows],
                 next_cursor=next_cursor)
@@ -93,7 +83,7 @@ async def get_agent(
     agent_name: AgentName, db: DbSession, principal: CurrentPrincipal, owner: Owner = None
 ) -> Agent:
     """The agent's current version."""
-    agent = await service.get_agent(db, _namespace(principal, owner), _checked_name(agent_name))
+    agent = await service.get_agent(db, namespace(principal, owner), _checked_name(agent_name))
     return Agent.model_validate(service.agent_view(agent))
 
 
@@ -106,7 +96,7 @@ async def update_agent(
 ) -> Agent:
     """Replace the fields present; any change makes a new version."""
     agent = await service.update_agent(
-        get_database(request), settings, _namespace(principal, owner),
+        get_database(request), settings, namespace(principal, owner),
         _checked_name(agent_name), body,
     )
     return Agent.model_validate(service.agent_view(agent))
@@ -122,7 +112,7 @@ async def delete_agent(
     agent_name: AgentName, db: DbSession, principal: CurrentPrincipal, owner: Owner = None
 ) -> Response:
     """Delete the agent and its versions; its sessions stay, but cannot start runs."""
-    await service.delete_agent(db, _namespace(principal, owner), _checked_name(agent_name))
+    await service.delete_agent(db, namespace(principal, owner), _checked_name(agent_name))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -142,7 +132,7 @@ async def list_versions(
         if not _VERSION_CURSOR.fullmatch(cursor) or not 1 <= int(cursor) <= MAX_VERSION:
             raise BadRequest(f"malformed cursor {cursor[:80]!r}")
         before = int(cursor)
-    agent = await service.get_agent(db, _namespace(principal, owner), _checked_name(agent_name))
+    agent = await service.get_agent(db, namespace(principal, owner), _checked_name(agent_name))
     rows, next_version = await service.list_versions(db, agent, limit, before)
     return AgentPage(
         items=[Agent.model_validate(service.version_view(agent, v)) for v in rows],
@@ -159,6 +149,6 @@ async def get_version(
     principal: CurrentPrincipal, owner: Owner = None,
 ) -> Agent:
     """The agent as it was at `version`."""
-    agent = await service.get_agent(db, _namespace(principal, owner), _checked_name(agent_name))
+    agent = await service.get_agent(db, namespace(principal, owner), _checked_name(agent_name))
     row = await service.get_version(db, agent, version)
     return Agent.model_validate(service.version_view(agent, row))

@@ -6,17 +6,42 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
+from pydantic import TypeAdapter, ValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.auth import Principal, authenticate, bearer_token
 from app.config import Settings
+from app.errors import ValidationFailed
 from app.middleware import REQUEST_INFO_KEY
 from app.runs.manager import RunManager
+from app.schemas.common import Subject
 from app.services import runs as runs_service
+from app.services.owners import Namespace, resolve_owner
 from app.store.db import Database
 from app.store.tables import Run
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+_SUBJECT = TypeAdapter(Subject)
+
+Owner = Annotated[
+    str | None,
+    Query(max_length=64, description="admins only: address another subject's namespace "
+                                     "(whose agents the request names)"),
+]
+
+
+def namespace(principal: Principal, owner: str | None) -> Namespace:
+    """The owner addressed by `?owner=`; one that no subject can have is a 422, another
+    subject's for a user a 403."""
+    if owner is not None:
+        try:
+            _SUBJECT.validate_python(owner)
+        except ValidationError:
+            raise ValidationFailed.at(
+                ["query", "owner"], "must be a subject: 1..64 of letters, digits, `_.@-`",
+                "string_pattern_mismatch",
+            ) from None
+    return resolve_owner(principal, owner)
 
 
 def get_settings(request: Request) -> Settings:

@@ -16,10 +16,12 @@ from app.api.deps import (
     DbSession,
     Limit,
     ManagerDep,
+    Owner,
     RunById,
     RunId,
     StreamPrincipal,
     get_database,
+    namespace,
 )
 from app.api.responses import AUTH, READ, WRITE, errors
 from app.auth import Principal
@@ -88,6 +90,7 @@ CREATED: dict[int | str, dict[str, Any]] = {
     202: {"description": "`stream: false`: the run, queued", "model": Run},
 }
 
+OWNER_FORBIDDEN = "Not an admin, but `owner` names another subject (`forbidden`)"
 CREATE_ERRORS = errors(
     *WRITE, 409, 429, 503, problems={409: RunConflictProblem},
     s409="`session_busy` (with `active_run_id`), `session_pending` (with "
@@ -102,12 +105,12 @@ def _view(run: RunRow) -> Run:
 async def _start(
     request: Request, manager: RunManager, principal: Principal, session_id: str | None,
     body: RunCreate, idempotency_key: str | None, sent: RunCreate,
-    new_session: SessionCreate | None = None,
+    new_session: SessionCreate | None = None, owner: str | None = None,
 ) -> Response:
     """Create (or replay) the run; `sent` is the body as posted, which the key is bound to."""
     started = await run_service.start_run(
         manager, principal, body, path=request.url.path, session_id=session_id,
-        new_session=new_session, idempotency_key=idempotency_key,
+        new_session=new_session, owner=owner, idempotency_key=idempotency_key,
         sent=sent.model_dump(mode="json", exclude_unset=True), follow=body.stream)
     run, replayed = started.run, started.replayed
     headers = {"Location": f"/v1/runs/{run.id}", "Content-Location": f"/v1/runs/{run.id}"}
@@ -159,20 +162,23 @@ async def create_run(
 
 @router.post(
     "/v1/runs", name="create_oneshot", status_code=202,
-    summary="Start a run in a new session", responses={**CREATED, **CREATE_ERRORS},
+    summary="Start a run in a new session",
+    responses={**CREATED, **CREATE_ERRORS, **errors(403, s403=OWNER_FORBIDDEN)},
     response_model=Run,
 )
 async def create_oneshot_run(
     body: OneShotRunCreate, request: Request, principal: CurrentPrincipal,
-    manager: ManagerDep, idempotency_key: IdempotencyKey = None,
+    manager: ManagerDep, idempotency_key: IdempotencyKey = None, owner: Owner = None,
 ) -> Response:
-    """Create a session of `agent` and its first run in one call."""
+    """Create a session of `agent` and its first run in one call (an admin: with `?owner=`,
+    of another subject's agent; the session and run are that subject's)."""
+    owner_namespace = namespace(principal, owner)
     new_session = SessionCreate(agent=body.agent, title=body.session.title,
                                 metadata=body.session.metadata)
     run_body = RunCreate.model_validate(body.model_dump(exclude={"agent", "session"},
                                                         exclude_unset=True))
     return await _start(request, manager, principal, None, run_body, idempotency_key, body,
-                        new_session)
+                        new_session, owner_namespace)
 
 
 @router.get("/v1/runs", name="list", summary="List runs", responses=errors(*READ))
@@ -422,15 +428,17 @@ async def decide_approvals(
     responses={200: {"description": "`join`: a row per run, index-aligned with the request",
                      "model": BatchJoined},
                202: {"description": "`detach`: the runs, started", "model": BatchDetached},
-               **errors(*WRITE, 404, 429, 503, s404="an agent of the batch does not exist")},
+               **errors(*WRITE, 403, 404, 429, 503, s403=OWNER_FORBIDDEN,
+                        s404="an agent of the batch does not exist")},
     response_model=BatchJoined,
 )
 async def create_batch(
-    body: BatchCreate, principal: CurrentPrincipal, manager: ManagerDep,
+    body: BatchCreate, principal: CurrentPrincipal, manager: ManagerDep, owner: Owner = None,
 ) -> Response:
     """Start 1..32 runs, each in a new session; `join` waits for them (up to `timeout_ms`)
-    and reports each run's outcome in its own row, `detach` answers at once."""
-    rows, joined = await batch.start_batch(manager, principal, body)
+    and reports each run's outcome in its own row, `detach` answers at once. An admin may
+    start them on another subject's agents with `?owner=`: the runs are that subject's."""
+    rows, joined = await batch.start_batch(manager, principal, body, namespace(principal, owner))
     if not joined:
         detached = BatchDetached(runs=[_view(row) for row in rows])
         return Response(detached.model_dump_json(), status_code=202,

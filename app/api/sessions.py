@@ -7,7 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
-from app.api.deps import CurrentPrincipal, Cursor, DbSession, Limit, ManagerDep, get_database
+from app.api.deps import (
+    CurrentPrincipal,
+    Cursor,
+    DbSession,
+    Limit,
+    ManagerDep,
+    Owner,
+    get_database,
+    namespace,
+)
 from app.api.responses import READ, WRITE, errors
 from app.errors import BadRequest
 from app.schemas.common import SessionConflictProblem, UnavailableProblem
@@ -63,22 +72,25 @@ def _view(session: SessionRow) -> Session:
     responses={
         200: {"description": "Replay of an earlier request with the same Idempotency-Key",
               "model": Session},
-        **errors(*WRITE, 409, problems={409: SessionConflictProblem},
+        **errors(*WRITE, 403, 409, problems={409: SessionConflictProblem},
+                 s403="Not an admin, but `owner` names another subject (`forbidden`)",
                  s409="Idempotency-Key reused with another body "
                  "(`idempotency_conflict`)"),
     },
 )
 async def create_session(
     body: SessionCreate, db: DbSession, principal: CurrentPrincipal, request: Request,
-    response: Response, idempotency_key: IdempotencyKey = None,
+    response: Response, idempotency_key: IdempotencyKey = None, owner: Owner = None,
 ) -> Session:
-    """Open a conversation with one of the caller's agents."""
+    """Open a conversation with one of the caller's agents (an admin: with `?owner=`, with
+    another subject's agent; the session is that subject's)."""
+    owner_namespace = namespace(principal, owner)
     scope = idempotency.IdempotencyScope.parse(
         principal.subject, "POST", request.url.path, idempotency_key
     )
 
     async def create() -> str:
-        return (await service.create_session(db, principal, body)).id
+        return (await service.create_session(db, owner_namespace, body)).id
 
     session_id, replayed = await idempotency.once(
         db, scope, body.model_dump(mode="json", exclude_unset=True), create

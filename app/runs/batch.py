@@ -21,22 +21,23 @@ from app.store.tables import Agent, Run
 PATH = "/v1/runs/batch"
 
 
-async def start_batch(manager: RunManager, principal: Principal,
-                      body: BatchCreate) -> tuple[list[Any], bool]:
+async def start_batch(manager: RunManager, principal: Principal, body: BatchCreate,
+                      owner: str) -> tuple[list[Any], bool]:
     """Start every run; with `join`, wait for their ends (or the timeout). Returns the runs
     (their rows, in request order) and whether the batch was joined.
 
     Every run is checked first (its agent, overrides and provider), so a run that would be
-    refused refuses the batch before any run exists.
+    refused refuses the batch before any run exists. The runs' sessions are `owner`'s, and
+    so are the agents they name.
     """
-    await _check_runs(manager, principal, body)
+    await _check_runs(manager, owner, body)
     join = body.mode == "join"
 
     async def start(run: Any) -> Started:
         child = RunCreate.model_validate(
             run.model_dump(exclude={"agent", "session"}, exclude_unset=True))
         return await start_run(
-            manager, principal, child, path=PATH, follow=join,
+            manager, principal, child, path=PATH, follow=join, owner=owner,
             new_session=SessionCreate(agent=run.agent, title=run.session.title,
                                       metadata=run.session.metadata))
 
@@ -68,11 +69,11 @@ async def start_batch(manager: RunManager, principal: Principal,
     return rows, True
 
 
-async def _check_runs(manager: RunManager, principal: Principal, body: BatchCreate) -> None:
+async def _check_runs(manager: RunManager, owner: str, body: BatchCreate) -> None:
     """Refuse the batch, before any run exists, when a run of it would be refused."""
     names = {run.agent for run in body.runs}
     async with manager.database.read() as db:
-        query = select(Agent).where(Agent.owner == principal.subject,
+        query = select(Agent).where(Agent.owner == owner,
                                     col(Agent.name).in_(names))
         agents = {agent.name: agent for agent in (await db.exec(query)).all()}
     providers = manager.settings.provider_names()

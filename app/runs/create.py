@@ -106,9 +106,13 @@ def creation(
     run_id: str, principal: Principal, body: RunCreate, policy: Policy, *,
     session_id: str | None,
     new_session: SessionCreate | None, scope: IdempotencyScope | None, digest: str,
-    parent: Parent | None = None,
+    parent: Parent | None = None, owner: str | None = None,
 ) -> Callable[[Connection], Creation]:
-    """The write that creates the run; it raises the API's errors before writing anything."""
+    """The write that creates the run; it raises the API's errors before writing anything.
+
+    A new session is `owner`'s (the caller's by default), of that owner's agent."""
+    owner = owner or principal.subject
+
     def create(connection: Connection) -> Creation:
         now = utcnow()
         session = None
@@ -122,9 +126,10 @@ def creation(
                 return Creation(_run_record(connection, prior), replayed=True)
         if session is None:
             assert new_session is not None
-            agent = _agent(connection, principal.subject, new_session.agent)
+            agent = _agent(connection, owner, new_session.agent)
             if agent is None:
-                raise NotFound(f"agent {new_session.agent!r} not found")
+                raise NotFound(f"agent {new_session.agent!r} not found"
+                               + (f" for owner {owner!r}" if owner != principal.subject else ""))
         else:
             agent = _agent(connection, session.owner, session.agent)
             if agent is None:
@@ -137,7 +142,7 @@ def creation(
         fresh = session is None
         if session is None:
             assert new_session is not None
-            session = _insert_session(connection, principal, new_session, now, parent)
+            session = _insert_session(connection, owner, new_session, now, parent)
         outcome = _insert_run(connection, run_id, session, agent, body, config, policy, now,
                               parent.depth if parent is not None else 0)
         if scope is not None:
@@ -227,10 +232,10 @@ def _agent(connection: Connection, owner: str, name: str) -> Any:
     return record(connection.execute(_AGENT, {"owner": owner, "name": name}).first())
 
 
-def _insert_session(connection: Connection, principal: Principal, body: SessionCreate,
+def _insert_session(connection: Connection, owner: str, body: SessionCreate,
                     now: datetime, parent: Parent | None) -> Any:
     values: dict[str, Any] = {
-        "id": new_id("ses"), "owner": principal.subject, "agent": body.agent,
+        "id": new_id("ses"), "owner": owner, "agent": body.agent,
         "title": body.title, "metadata": body.metadata, "status": "idle",
         "active_run_id": None, "open_tool_calls": [],
         "parent_session_id": parent.session_id if parent is not None else None,

@@ -42,7 +42,7 @@ async def start_run(
     manager: RunManager, principal: Principal, body: RunCreate, *, path: str,
     session_id: str | None = None, new_session: SessionCreate | None = None,
     idempotency_key: str | None = None, sent: dict[str, Any] | None = None,
-    follow: bool = False, parent: Parent | None = None,
+    follow: bool = False, parent: Parent | None = None, owner: str | None = None,
 ) -> Started:
     """Create the run (or find the one an earlier request with the same key created).
 
@@ -73,7 +73,8 @@ async def start_run(
         known_providers=manager.settings.provider_names(),
         paused=manager.runtime.paused and parent is None)
     write = creation(run_id, principal, body, policy, session_id=session_id,
-                     new_session=new_session, scope=scope, digest=digest, parent=parent)
+                     new_session=new_session, scope=scope, digest=digest, parent=parent,
+                     owner=owner)
     try:
         try:
             outcome = await manager.writer.submit(write)

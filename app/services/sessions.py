@@ -64,11 +64,12 @@ async def get_session(
     return session
 
 
-async def create_session(db: AsyncSession, principal: Principal, body: SessionCreate) -> Session:
-    await get_agent(db, principal.subject, body.agent)
+async def create_session(db: AsyncSession, owner: str, body: SessionCreate) -> Session:
+    """A session of `owner`'s agent `body.agent`, owned by `owner`."""
+    await get_agent(db, owner, body.agent)
     now = utcnow()
     session = Session(
-        id=new_id("ses"), owner=principal.subject, agent=body.agent, title=body.title,
+        id=new_id("ses"), owner=owner, agent=body.agent, title=body.title,
         meta=body.metadata, open_tool_calls=[], todos=[], created_at=now, updated_at=now,
     )
     db.add(session)
