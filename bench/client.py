@@ -14,6 +14,10 @@ from bench.services import ADMIN_TOKEN
 from bench.sse import Frame, frames
 
 CALCULATOR = [{"type": "builtin", "name": "calculator"}]
+CALCULATOR_STEPS: list[dict[str, Any]] = [
+    {"tool_calls": [{"name": "calculator", "arguments": {"expression": "2+3"}}]},
+    {"text": "5"}]
+"""The scripted provider's steps of a short run: call the calculator, then answer `5`."""
 QUESTION = "What is 2+3? Use the calculator."
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import CpuCounter, postgres_backends
+from bench.common import CpuCounter, profile_path
 from bench.profile import py_spy
 from bench.services import LoomdServer
 
@@ -53,20 +53,13 @@ class Context:
 
     def database_cpu(self) -> CpuCounter | None:
         """A CPU counter of the Postgres backends serving this benchmark, or None on SQLite."""
-        database = self.database
-        if database is None:
+        if self.database is None:
             return None
-        return CpuCounter([], lambda: postgres_backends(database))
+        return CpuCounter.with_database([], self.database)
 
     def profiled(self, scenario: str) -> AbstractContextManager[None]:
         """py-spy on the server for the block, when the script was asked to profile."""
-        return py_spy(self.server.pid, self.profile_path(scenario))
-
-    def profile_path(self, scenario: str) -> Path | None:
-        """Where the profile of `scenario` on this backend goes, or None when not profiling."""
-        if self.profile_dir is None:
-            return None
-        return self.profile_dir / f"{scenario}-{self.backend}.txt"
+        return py_spy(self.server.pid, profile_path(self.profile_dir, scenario, self.backend))
 
 
 class CpuMeter:

@@ -22,18 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
 import sys
-import tempfile
 import time
-import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -41,17 +36,11 @@ import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.types import Receive, Scope, Send
 
-try:
-    import uvloop
-
-    HAS_UVLOOP = True
-except ImportError:
-    HAS_UVLOOP = False
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.client import (
     CALCULATOR,
+    CALCULATOR_STEPS,
     StreamedRun,
     create_agent,
     loomd_client,
@@ -60,24 +49,35 @@ from bench.client import (
     stream_run,
     words,
 )
-from bench.common import CpuCounter, OtherLoad, machine, percentile, postgres_backends
-from bench.context import SETTLE_S
-from bench.profile import py_spy, summarize
-from bench.services import (
-    LoomdServer,
-    _spawn,
-    _stop,
-    _wait_http,
-    describe_code,
-    export_revision,
-    free_port,
-    loomd_server,
-    postgres_database,
+from bench.common import (
+    BACKENDS,
+    CpuCounter,
+    Rounds,
+    answer,
+    argument_parser,
+    chosen,
+    differences,
+    exit_status,
+    fresh_profile_paths,
+    pass_mark,
+    percentile,
+    print_markdown,
+    print_preamble,
+    print_profile_summaries,
+    profile_path,
+    read_body,
+    run_backends,
+    run_event_loop,
+    run_scenarios,
+    signed_headers,
+    spread,
+    stop_on_sigterm,
+    timed,
 )
-from bench.tools import Rounds, differences, spread, timed
+from bench.context import SETTLE_S
+from bench.profile import py_spy
+from bench.services import Helper, LoomdServer, backend_server, helper_process
 
-BACKENDS = ("sqlite", "postgres")
-UNUSED_OPENAI_URL = "http://127.0.0.1:9/v1"
 PRE_TOOL_P50_TARGET_MS = 3.0
 DELIVERIES_PER_S_TARGET = 2_000.0
 HOOKED_AGENT = "hooked"
@@ -85,9 +85,6 @@ EVENT_TYPES = ["run.created", "run.started", "turn.started", "message.delta",
                "message.completed", "usage", "tool.started", "tool.completed",
                "turn.completed", "run.completed"]
 """Every type a scripted run of the scenarios emits: the event hooks listen to all of them."""
-CALCULATOR_STEPS: list[dict[str, Any]] = [
-    {"tool_calls": [{"name": "calculator", "arguments": {"expression": "2+3"}}]},
-    {"text": "5"}]
 DIRECT_RUN_ID = "run_" + "r" * 20
 """The run id of the script's own POSTs: the length of loomd's ids, and none of them."""
 QUIET_S = 15.0
@@ -116,24 +113,6 @@ class Sizes:
 
 # --- the receiver: one process behind every hook ---------------------------------------------
 
-async def _body(receive: Receive) -> bytes:
-    body, more = b"", True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    return body
-
-
-async def _answer(send: Send, status: int, value: Any = None) -> None:
-    body = b"" if value is None else json.dumps(value).encode()
-    headers = [(b"content-length", str(len(body)).encode())]
-    if value is not None:
-        headers.append((b"content-type", b"application/json"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class HookReceiver:
     """ASGI app behind every hook of the benchmark, one path per hook.
 
@@ -155,7 +134,7 @@ class HookReceiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = await _body(receive)
+        body = await read_body(receive)
         arrived = time.perf_counter()
         kind, _, name = str(scope["path"]).lstrip("/").partition("/")
         method = scope["method"]
@@ -164,16 +143,16 @@ class HookReceiver:
         elif method == "PUT" and kind == "secrets":
             self.webhooks[name] = Webhook(body.decode())
             self.arrivals.setdefault(name, [])
-            await _answer(send, 204)
+            await answer(send, 204)
         elif method == "GET" and kind == "count":
-            await _answer(send, 200, {"count": len(self.arrivals.get(name, ())),
+            await answer(send, 200, {"count": len(self.arrivals.get(name, ())),
                                       "bad_signatures": self.bad_signatures})
         elif method == "GET" and kind == "received":
-            await _answer(send, 200, {"received": [_arrival(*a) for a in
+            await answer(send, 200, {"received": [_arrival(*a) for a in
                                                    self.arrivals.get(name, ())],
                                       "bad_signatures": self.bad_signatures})
         else:
-            await _answer(send, 200, {"ready": True})
+            await answer(send, 200, {"ready": True})
 
     async def _hook(self, scope: Scope, name: str, body: bytes, arrived: float,
                     send: Send) -> None:
@@ -185,11 +164,11 @@ class HookReceiver:
             webhook.verify(body, headers)
         except WebhookVerificationError:
             self.bad_signatures += 1
-            await _answer(send, 401, {"error": "bad signature"})
+            await answer(send, 401, {"error": "bad signature"})
             return
         client = scope.get("client") or ("", 0)
         self.arrivals[name].append((arrived, headers.get("webhook-id", ""), body, client[1]))
-        await _answer(send, 204)
+        await answer(send, 204)
 
 
 def _arrival(arrived: float, message_id: str, body: bytes, port: int) -> dict[str, Any]:
@@ -210,27 +189,9 @@ def serve_receiver(port: int) -> None:
                 lifespan="off", access_log=False, timeout_graceful_shutdown=1)
 
 
-@dataclass
-class Receiver:
-    """The receiver process this script started."""
-
-    url: str
-    pid: int
-
-
-@contextmanager
-def receiver_process(workdir: Path) -> Iterator[Receiver]:
+def receiver_process(workdir: Path) -> AbstractContextManager[Helper]:
     """Start `bench/hooks.py --serve receiver` on a free port; stop it afterwards."""
-    port = free_port()
-    log_path = workdir / f"receiver-{port}.log"
-    process = _spawn([sys.executable, str(Path(__file__).resolve()), "--serve", "receiver",
-                      "--port", str(port)], log_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{base}/ready", process, log_path, 30, "receiver")
-        yield Receiver(base, process.pid)
-    finally:
-        _stop(process)
+    return helper_process(str(Path(__file__).resolve()), "receiver", workdir)
 
 
 # --- what the scenarios share ----------------------------------------------------------------
@@ -242,7 +203,7 @@ class Bench:
     backend: str
     server: LoomdServer
     http: httpx.AsyncClient
-    receiver: Receiver
+    receiver: Helper
     control: httpx.AsyncClient
     """The receiver's own endpoints (secrets, counts), without loomd's admin token."""
     sizes: Sizes
@@ -251,9 +212,7 @@ class Bench:
 
     def ours(self) -> CpuCounter:
         """The processes the benchmark started (the script aside) and its Postgres backends."""
-        database = self.database
-        return CpuCounter([self.server.pid, self.receiver.pid],
-                          (lambda: postgres_backends(database)) if database else None)
+        return CpuCounter.with_database([self.server.pid, self.receiver.pid], self.database)
 
     def server_cpu(self) -> CpuCounter:
         """The server's CPU (all threads)."""
@@ -262,14 +221,13 @@ class Bench:
     def database_cpu(self) -> CpuCounter | None:
         """The CPU of the Postgres backends serving the benchmark's database; None on
         SQLite."""
-        database = self.database
-        return CpuCounter([], lambda: postgres_backends(database)) if database else None
+        if self.database is None:
+            return None
+        return CpuCounter.with_database([], self.database)
 
     def profiled(self, scenario: str) -> AbstractContextManager[None]:
         """py-spy on the server for the block, when the script was asked to profile."""
-        path = (self.profile_dir / f"{scenario}-{self.backend}.txt"
-                if self.profile_dir is not None else None)
-        return py_spy(self.server.pid, path)
+        return py_spy(self.server.pid, profile_path(self.profile_dir, scenario, self.backend))
 
 
 @dataclass
@@ -287,7 +245,12 @@ class Figures:
 
     @property
     def mark(self) -> str:
-        return {True: "pass", False: "MISS", None: "-"}[self.passed]
+        return pass_mark(self.passed)
+
+    @property
+    def progress(self) -> str:
+        """The row as the progress line on stderr gives it."""
+        return f"{self.loomd} | {self.reference} [{self.mark}]"
 
 
 @dataclass
@@ -334,19 +297,10 @@ async def event_hook(bench: Bench, name: str, agents: list[str]) -> AsyncIterato
         await delete_hook(bench, hook)
 
 
-def sign(secret: str, body: str) -> dict[str, str]:
-    """Standard Webhooks headers of `body`, as loomd signs it."""
-    message_id = f"msg_{time.perf_counter_ns()}"
-    moment = datetime.now(UTC)
-    return {"content-type": "application/json", "webhook-id": message_id,
-            "webhook-timestamp": str(int(moment.timestamp())),
-            "webhook-signature": Webhook(secret).sign(message_id, moment, body)}
-
-
 async def direct_post(client: httpx.AsyncClient, hook: Hook, body: str) -> None:
     """A signed POST of `body` to the hook's path; raise unless the receiver verified it."""
-    response = await client.post(hook.url, content=body.encode(), headers=sign(hook.secret,
-                                                                                body))
+    response = await client.post(hook.url, content=body.encode(),
+                                 headers=signed_headers(Webhook(hook.secret), body))
     if response.status_code != 204:
         raise RuntimeError(f"direct POST: {response.status_code} {response.text[:200]}")
 
@@ -665,146 +619,66 @@ SCENARIOS: dict[str, Scenario] = {
 
 # --- running them ----------------------------------------------------------------------------
 
-async def run_scenarios(base_url: str, receiver: Receiver,
+async def run_on_server(base_url: str, receiver: Helper,
                         bench_of: Callable[[httpx.AsyncClient, httpx.AsyncClient], Bench],
                         names: list[str]) -> list[Figures]:
-    rows = []
     async with (loomd_client(base_url) as http,
                 httpx.AsyncClient(base_url=receiver.url, timeout=30) as control):
         bench = bench_of(http, control)
-        for name in names:
-            print(f"[{bench.backend}] {name} …", file=sys.stderr, flush=True)
-            others = OtherLoad(bench.ours())
-            try:
-                row = await SCENARIOS[name](bench)
-            except Exception as exc:
-                traceback.print_exc()
-                row = Figures(bench.backend, name, f"error: {exc}"[:300], "", "", False)
-            row.others = f"{others.cores():.2f} cores"
-            print(f"[{bench.backend}] {name}: {row.loomd} | {row.reference} [{row.mark}]",
-                  file=sys.stderr, flush=True)
-            rows.append(row)
-    return rows
+        return await run_scenarios(
+            bench.backend, names, lambda name: SCENARIOS[name](bench), bench.ours,
+            lambda name, error: Figures(bench.backend, name, error, "", "", False))
 
 
 def bench_backend(backend: str, names: list[str], workdir: Path, code: Path | None,
                   sizes: Sizes, profile_dir: Path | None, notes: list[str]) -> list[Figures]:
     """Start loomd and the receiver on `backend`, run the scenarios, stop both (and drop the
     database)."""
-    workdir.mkdir()
-    with ExitStack() as stack:
-        database = None
-        if backend == "sqlite":
-            url = f"sqlite+aiosqlite:///{workdir}/loomd.db"
-        else:
-            database = stack.enter_context(postgres_database())
-            url = database.url
-            notes.append(f"postgres: PostgreSQL {database.server_version}, same host, "
-                         "fresh database per run")
-        server = stack.enter_context(loomd_server(
-            workdir, url, code, LOOMD_MAX_CONCURRENT_RUNS="256",
-            LOOMD_ALLOW_PRIVATE_URLS="127.0.0.1", OPENAI_BASE_URL=UNUSED_OPENAI_URL,
-            OPENAI_API_KEY="bench-key"))
-        receiver = stack.enter_context(receiver_process(workdir))
+    with (backend_server(backend, workdir, code, notes,
+                         LOOMD_ALLOW_PRIVATE_URLS="127.0.0.1") as (server, database),
+          receiver_process(workdir) as receiver):
         name = database.name if database else None
 
         def bench_of(http: httpx.AsyncClient, control: httpx.AsyncClient) -> Bench:
             return Bench(backend, server, http, receiver, control, sizes, name, profile_dir)
 
-        return run_event_loop(run_scenarios(server.base_url, receiver, bench_of, names))
-
-
-def run_event_loop(main: Coroutine[Any, Any, list[Figures]]) -> list[Figures]:
-    """On uvloop when it is installed, as loomd's uvicorn runs."""
-    if HAS_UVLOOP:
-        return uvloop.run(main)
-    return asyncio.run(main)
+        return run_event_loop(run_on_server(server.base_url, receiver, bench_of, names))
 
 
 def print_figures(rows: list[Figures]) -> None:
     """A Markdown table, one row per scenario and backend."""
-    headers = ("backend", "scenario", "loomd", "reference", "target", "", "others")
-    cells = [headers, *((r.backend, r.scenario, r.loomd, r.reference, r.target, r.mark,
-                         r.others) for r in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(values: tuple[str, ...]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
-
-    print(line(headers))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells[1:]:
-        print(line(row))
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # so every `finally` stops what it started
+    print_markdown(("backend", "scenario", "loomd", "reference", "target", "", "others"),
+                   ((r.backend, r.scenario, r.loomd, r.reference, r.target, r.mark, r.others)
+                    for r in rows))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "all"],
-                        help="scenario to run; repeat for several (default: all)")
-    parser.add_argument("--backend", action="append", choices=[*BACKENDS, "all"],
-                        help="database to run on; repeat for both (default: all)")
-    parser.add_argument("--code", metavar="REV",
-                        help="serve this git revision's app/ instead of the working tree")
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller numbers, to check the script itself")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="record the server with py-spy during each measured phase into "
-                             "DIR/<scenario>-<backend>.txt and print a summary (skews figures)")
+    parser = argument_parser(__doc__, SCENARIOS, profile=True)
     parser.add_argument("--serve", choices=["receiver"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve_receiver(args.port)
         return 0
-    names = list(SCENARIOS) if not args.scenario or "all" in args.scenario else [
-        name for name in SCENARIOS if name in args.scenario]
-    backends = list(BACKENDS) if not args.backend or "all" in args.backend else [
-        backend for backend in BACKENDS if backend in args.backend]
+    names = chosen(args.scenario, SCENARIOS)
+    backends = chosen(args.backend, BACKENDS)
     sizes = Sizes.quick() if args.quick else Sizes()
-    signal.signal(signal.SIGTERM, _terminate)
-    profiles = [args.profile / f"{name}-{backend}.txt" for backend in backends for name in names
-                ] if args.profile is not None else []
-    for stale in profiles:
-        stale.unlink(missing_ok=True)
+    stop_on_sigterm()
+    profiles = fresh_profile_paths(args.profile, backends, names)
 
-    rows: list[Figures] = []
     notes: list[str] = []
-    interrupted = False
-    try:
-        with tempfile.TemporaryDirectory(prefix="loomd-bench-hooks-") as tmp:
-            notes.append(f"code: {describe_code(args.code)}; client event loop: "
-                         f"{'uvloop' if HAS_UVLOOP else 'asyncio'}")
-            code = export_revision(args.code, Path(tmp) / "code") if args.code else None
-            for backend in backends:
-                rows += bench_backend(backend, names, Path(tmp) / backend, code, sizes,
-                                      args.profile, notes)
-    except KeyboardInterrupt:
-        interrupted = True
+    rows, interrupted = run_backends(
+        "loomd-bench-hooks-", args.code, backends, notes,
+        lambda backend, workdir, code: bench_backend(backend, names, workdir, code, sizes,
+                                                     args.profile, notes))
 
-    print(f"\nmachine: {machine()}")
-    for note in notes:
-        print(note)
-    print("receiver: raw ASGI app on uvicorn (httptools, uvloop) in its own process; it "
-          "verifies every request's signature and answers 204")
-    if args.quick:
-        print("sizes: --quick (smaller than the figures in docs/benchmarks.md)")
-    print("others: cores kept busy by other processes of the host while each scenario ran "
-          "(not this script, loomd, the receiver or the benchmark database's Postgres "
-          "backends)")
-    print()
+    receiver = ("receiver: raw ASGI app on uvicorn (httptools, uvloop) in its own process; it "
+                "verifies every request's signature and answers 204")
+    print_preamble([*notes, receiver], "the figures in docs/benchmarks.md" if args.quick else None,
+                   "the receiver")
     print_figures(rows)
-    for path in profiles:
-        if path.exists():
-            print(f"\n{summarize(path)}")
-    if interrupted:
-        print("\ninterrupted: the table holds the scenarios that finished", file=sys.stderr)
-        return 130
-    return 0 if all(row.passed is not False for row in rows) else 1
+    print_profile_summaries(profiles)
+    return exit_status(interrupted, all(row.passed is not False for row in rows))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
 from bench.client import (
     CALCULATOR,
+    CALCULATOR_STEPS,
     create_agent,
     run_pool,
     scripted_options,
@@ -118,11 +118,8 @@ async def paced_streams(ctx: Context) -> Row:
 async def short_scripted(ctx: Context) -> Row:
     """32 clients, 200 runs after 20 warm-up, one tool call and an answer each: runs/s."""
     sizes = ctx.sizes
-    steps: list[dict[str, Any]] = [
-        {"tool_calls": [{"name": "calculator", "arguments": {"expression": "2+3"}}]},
-        {"text": "5"}]
     agent = await create_agent(ctx.http, "bench-short-scripted", "scripted:bench", CALCULATOR,
-                               scripted_options(steps))
+                               scripted_options(CALCULATOR_STEPS))
 
     async def job() -> str | None:
         run = await stream_run(ctx.http, agent)

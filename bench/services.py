@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,8 @@ AIMOCK_START = Path(os.environ.get("LOOMD_BENCH_AIMOCK", "/work/shared/bench/aim
 POSTGRES_SERVER = os.environ.get("LOOMD_BENCH_POSTGRES", "postgres@127.0.0.1:5432")
 LOOMD = str(Path(sys.executable).with_name("loomd"))
 ADMIN_TOKEN = "bench-admin-token"
+UNUSED_OPENAI_URL = "http://127.0.0.1:9/v1"
+"""Where a server whose agents call no OpenAI-compatible provider is pointed: a closed port."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -203,5 +205,61 @@ def loomd_server(workdir: Path, database_url: str, code: Path | None = None,
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(f"{base_url}/readyz", process, log_path, 60, "loomd")
         yield LoomdServer(process, base_url, log_path)
+    finally:
+        _stop(process)
+
+
+@contextmanager
+def backend_server(backend: str, workdir: Path, code: Path | None, notes: list[str],
+                   openai_url: str | None = None,
+                   **settings: str) -> Iterator[tuple[LoomdServer, PostgresDatabase | None]]:
+    """`loomd serve` for up to 256 concurrent runs on a fresh database of `backend`: a SQLite
+    file in `workdir` (made here), or a new Postgres database, whose server goes to `notes`.
+    Stopped, and the database dropped, afterwards.
+
+    `openai_url` is the OpenAI-compatible provider's base URL (None: `UNUSED_OPENAI_URL`);
+    `settings` as for `loomd_server`.
+    """
+    workdir.mkdir()
+    with ExitStack() as stack:
+        database = None
+        if backend == "sqlite":
+            url = f"sqlite+aiosqlite:///{workdir}/loomd.db"
+        else:
+            database = stack.enter_context(postgres_database())
+            url = database.url
+            notes.append(f"postgres: PostgreSQL {database.server_version}, same host, "
+                         "fresh database per run")
+        server = stack.enter_context(loomd_server(
+            workdir, url, code, LOOMD_MAX_CONCURRENT_RUNS="256",
+            OPENAI_BASE_URL=openai_url or UNUSED_OPENAI_URL, OPENAI_API_KEY="bench-key",
+            **settings))
+        yield server, database
+
+
+@dataclass
+class Helper:
+    """A process a script started to answer loomd's calls (a hook receiver, a tool's server)."""
+
+    url: str
+    pid: int
+
+
+@contextmanager
+def helper_process(script: str, kind: str, workdir: Path,
+                   env: dict[str, str] | None = None) -> Iterator[Helper]:
+    """Start `script --serve kind` on a free port; stop it afterwards.
+
+    The script serves `kind` on 127.0.0.1:`--port` and answers 200 on `/ready` once it can
+    take requests; `env` replaces the environment it inherits.
+    """
+    port = free_port()
+    log_path = workdir / f"{kind}-{port}.log"
+    process = _spawn([sys.executable, script, "--serve", kind, "--port", str(port)], log_path,
+                     env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{base}/ready", process, log_path, 30, kind)
+        yield Helper(base, process.pid)
     finally:
         _stop(process)

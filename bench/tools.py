@@ -20,18 +20,12 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import sys
-import tempfile
-import time
-import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import AsyncExitStack, ExitStack, contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, AsyncExitStack, ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -42,17 +36,11 @@ from mcp.server.mcpserver import MCPServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-try:
-    import uvloop
-
-    HAS_UVLOOP = True
-except ImportError:
-    HAS_UVLOOP = False
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.client import (
     CALCULATOR,
+    CALCULATOR_STEPS,
     QUESTION,
     StreamedRun,
     create_agent,
@@ -60,21 +48,30 @@ from bench.client import (
     scripted_options,
     stream_run,
 )
-from bench.common import CpuCounter, OtherLoad, machine, percentile, postgres_backends
-from bench.services import (
-    LoomdServer,
-    _spawn,
-    _stop,
-    _wait_http,
-    describe_code,
-    export_revision,
-    free_port,
-    loomd_server,
-    postgres_database,
+from bench.common import (
+    BACKENDS,
+    CpuCounter,
+    Rounds,
+    answer,
+    argument_parser,
+    chosen,
+    differences,
+    exit_status,
+    ms,
+    percentile,
+    print_markdown,
+    print_preamble,
+    read_body,
+    run_backends,
+    run_event_loop,
+    run_scenarios,
+    signed_headers,
+    spread,
+    stop_on_sigterm,
+    timed,
 )
+from bench.services import Helper, LoomdServer, backend_server, helper_process
 
-BACKENDS = ("sqlite", "postgres")
-UNUSED_OPENAI_URL = "http://127.0.0.1:9/v1"
 SECRET_VARIABLE = "LOOMD_BENCH_TOOL_SECRET"
 """How the receiver process gets the tool secret (not on its command line)."""
 LOOKUP_ARGUMENTS = {"id": "1"}
@@ -98,23 +95,6 @@ class Sizes:
 
 # --- the processes on the other side of the tools -------------------------------------------
 
-async def _body(receive: Receive) -> bytes:
-    body, more = b"", True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    return body
-
-
-async def _reply(send: Send, status: int, value: Any) -> None:
-    body = json.dumps(value).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
 class ToolReceiver:
     """ASGI app: the `lookup` tool's endpoint. A POST answers `{"output": "ok"}` after
     verifying its Standard Webhooks signature (401 when it does not verify); `GET /stats`
@@ -127,9 +107,9 @@ class ToolReceiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = await _body(receive)
+        body = await read_body(receive)
         if scope["method"] == "GET":
-            await _reply(send, 200, {"calls": self.calls, "bad_signatures": self.bad_signatures}
+            await answer(send, 200, {"calls": self.calls, "bad_signatures": self.bad_signatures}
                          if scope["path"] == "/stats" else {"ready": True})
             return
         self.calls += 1
@@ -138,9 +118,9 @@ class ToolReceiver:
             self.webhook.verify(body, headers)
         except WebhookVerificationError:
             self.bad_signatures += 1
-            await _reply(send, 401, {"output": "bad signature", "is_error": True})
+            await answer(send, 401, {"output": "bad signature", "is_error": True})
             return
-        await _reply(send, 200, {"output": "ok"})
+        await answer(send, 200, {"output": "ok"})
 
 
 class CountingMcp:
@@ -156,9 +136,9 @@ class CountingMcp:
             await self.app(scope, receive, send)
             return
         if scope["path"] in ("/stats", "/ready"):
-            await _reply(send, 200, self.counts if scope["path"] == "/stats" else {})
+            await answer(send, 200, self.counts if scope["path"] == "/stats" else {})
             return
-        body = await _body(receive) if scope["method"] == "POST" else b""
+        body = await read_body(receive) if scope["method"] == "POST" else b""
         key = _rpc_method(body) if scope["method"] == "POST" else scope["method"]
         self.counts[key] = self.counts.get(key, 0) + 1
         replayed = False
@@ -200,28 +180,10 @@ def serve(kind: str, port: int) -> None:
                 lifespan="on" if kind == "mcp" else "off", timeout_graceful_shutdown=1)
 
 
-@dataclass
-class Helper:
-    """A process this script started to answer loomd's tool calls."""
-
-    url: str
-    pid: int
-
-
-@contextmanager
-def helper_process(kind: str, workdir: Path, secret: str = "") -> Iterator[Helper]:
+def tool_helper(kind: str, workdir: Path, secret: str = "") -> AbstractContextManager[Helper]:
     """Start `bench/tools.py --serve kind` on a free port; stop it afterwards."""
-    port = free_port()
-    log_path = workdir / f"{kind}-{port}.log"
-    env = {**os.environ, SECRET_VARIABLE: secret}
-    process = _spawn([sys.executable, str(Path(__file__).resolve()), "--serve", kind,
-                      "--port", str(port)], log_path, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{base}/ready", process, log_path, 30, kind)
-        yield Helper(base, process.pid)
-    finally:
-        _stop(process)
+    return helper_process(str(Path(__file__).resolve()), kind, workdir,
+                          {**os.environ, SECRET_VARIABLE: secret})
 
 
 # --- what the scenarios share ----------------------------------------------------------------
@@ -242,8 +204,7 @@ class Bench:
     def ours(self) -> CpuCounter:
         """The processes the benchmark started (the script aside) and its Postgres backends."""
         pids = [self.server.pid, *(h.pid for h in (self.receiver, self.mcp) if h is not None)]
-        database = self.database
-        return CpuCounter(pids, (lambda: postgres_backends(database)) if database else None)
+        return CpuCounter.with_database(pids, self.database)
 
 
 @dataclass
@@ -258,14 +219,10 @@ class Figures:
     others: str = ""
     error: bool = False
 
-
-def ms(seconds: float) -> float:
-    return 1000 * seconds
-
-
-def spread(values: list[float]) -> str:
-    """`p50 x, p99 y ms` of millisecond samples."""
-    return f"p50 {percentile(values, 0.5):.2f}, p99 {percentile(values, 0.99):.2f} ms"
+    @property
+    def progress(self) -> str:
+        """The row as the progress line on stderr gives it."""
+        return f"{self.loomd} | {self.comparison}"
 
 
 @dataclass
@@ -298,37 +255,6 @@ def run_measure(bench: Bench, agent: str, expected: str,
         kept.append(run)
         return run.wall_ms
     return measure
-
-
-async def timed(call: Callable[[], Awaitable[Any]]) -> float:
-    """Milliseconds `call` took."""
-    started = time.perf_counter()
-    await call()
-    return ms(time.perf_counter() - started)
-
-
-@dataclass
-class Rounds:
-    """Samples of several measures taken in rounds, one of each per round, in an order that
-    rotates from round to round, so that the machine's weather touches each alike."""
-
-    measures: dict[str, Callable[[], Awaitable[float]]]
-    samples: dict[str, list[float]] = field(default_factory=dict)
-
-    async def run(self, warmup: int, count: int) -> None:
-        names = list(self.measures)
-        self.samples = {name: [] for name in names}
-        for index in range(warmup + count):
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                value = await self.measures[name]()
-                if index >= warmup:
-                    self.samples[name].append(value)
-
-
-def differences(minuends: list[float], subtrahends: list[float]) -> list[float]:
-    """Per round, one measure's sample minus another's."""
-    return [a - b for a, b in zip(minuends, subtrahends, strict=True)]
 
 
 async def tool_agents(bench: Bench, name: str, tools: list[dict[str, Any]], call: str,
@@ -383,15 +309,9 @@ async def http_tool(bench: Bench) -> Figures:
                        "session_id": "ses_" + "s" * 20, "arguments": LOOKUP_ARGUMENTS},
                       separators=(",", ":"))
 
-    def signed() -> dict[str, str]:
-        message_id = f"msg_{time.perf_counter_ns()}"
-        moment = datetime.now(UTC)
-        return {"content-type": "application/json", "webhook-id": message_id,
-                "webhook-timestamp": str(int(moment.timestamp())),
-                "webhook-signature": webhook.sign(message_id, moment, body)}
-
     async def post(client: httpx.AsyncClient) -> None:
-        response = await client.post(url, content=body.encode(), headers=signed())
+        response = await client.post(url, content=body.encode(),
+                                     headers=signed_headers(webhook, body))
         if response.status_code != 200 or response.json() != {"output": "ok"}:
             raise RuntimeError(f"direct POST: {response.status_code} {response.text[:200]}")
 
@@ -484,11 +404,8 @@ async def mcp_tool(bench: Bench) -> Figures:
 async def batch_32(bench: Bench) -> Figures:
     """A batch of 32 short runs (join) against a batch of 1, against 32 single runs one after
     another and against 32 single runs at once (each single run streamed to its end)."""
-    steps: list[dict[str, Any]] = [
-        {"tool_calls": [{"name": "calculator", "arguments": {"expression": "2+3"}}]},
-        {"text": "5"}]
     agent = await create_agent(bench.http, "bench-batch", "scripted:bench", CALCULATOR,
-                               scripted_options(steps))
+                               scripted_options(CALCULATOR_STEPS))
 
     async def batch(size: int) -> None:
         body = {"runs": [{"agent": agent, "input": QUESTION}] * size, "mode": "join"}
@@ -550,134 +467,63 @@ async def create_tool_secret(base_url: str) -> str:
         return secret
 
 
-async def run_scenarios(base_url: str, bench_of: Callable[[httpx.AsyncClient], Bench],
+async def run_on_server(base_url: str, bench_of: Callable[[httpx.AsyncClient], Bench],
                         names: list[str]) -> list[Figures]:
-    rows = []
     async with loomd_client(base_url) as http:
         bench = bench_of(http)
-        for name in names:
-            print(f"[{bench.backend}] {name} …", file=sys.stderr, flush=True)
-            others = OtherLoad(bench.ours())
-            try:
-                row = await SCENARIOS[name](bench)
-            except Exception as exc:
-                traceback.print_exc()
-                row = Figures(bench.backend, name, f"error: {exc}"[:300], "", "", error=True)
-            row.others = f"{others.cores():.2f} cores"
-            print(f"[{bench.backend}] {name}: {row.loomd} | {row.comparison}", file=sys.stderr,
-                  flush=True)
-            rows.append(row)
-    return rows
+        return await run_scenarios(
+            bench.backend, names, lambda name: SCENARIOS[name](bench), bench.ours,
+            lambda name, error: Figures(bench.backend, name, error, "", "", error=True))
 
 
 def bench_backend(backend: str, names: list[str], workdir: Path, code: Path | None,
                   sizes: Sizes, notes: list[str]) -> list[Figures]:
     """Start loomd (and the helpers the scenarios need) on `backend`, run the scenarios,
     stop everything (and drop the database)."""
-    workdir.mkdir()
     with ExitStack() as stack:
-        database = None
-        if backend == "sqlite":
-            url = f"sqlite+aiosqlite:///{workdir}/loomd.db"
-        else:
-            database = stack.enter_context(postgres_database())
-            url = database.url
-            notes.append(f"postgres: PostgreSQL {database.server_version}, same host, "
-                         "fresh database per run")
-        server = stack.enter_context(loomd_server(
-            workdir, url, code, LOOMD_MAX_CONCURRENT_RUNS="256",
-            LOOMD_ALLOW_PRIVATE_URLS="127.0.0.1", OPENAI_BASE_URL=UNUSED_OPENAI_URL,
-            OPENAI_API_KEY="bench-key"))
+        server, database = stack.enter_context(backend_server(
+            backend, workdir, code, notes, LOOMD_ALLOW_PRIVATE_URLS="127.0.0.1"))
         secret = asyncio.run(create_tool_secret(server.base_url))
-        receiver = (stack.enter_context(helper_process("receiver", workdir, secret))
+        receiver = (stack.enter_context(tool_helper("receiver", workdir, secret))
                     if "http-tool" in names else None)
-        mcp = stack.enter_context(helper_process("mcp", workdir)) if "mcp-tool" in names else None
+        mcp = stack.enter_context(tool_helper("mcp", workdir)) if "mcp-tool" in names else None
         name = database.name if database else None
 
         def bench_of(http: httpx.AsyncClient) -> Bench:
             return Bench(backend, server, http, sizes, secret, receiver, mcp, name)
 
-        return run_event_loop(run_scenarios(server.base_url, bench_of, names))
-
-
-def run_event_loop(main: Coroutine[Any, Any, list[Figures]]) -> list[Figures]:
-    """On uvloop when it is installed, as loomd's uvicorn runs."""
-    if HAS_UVLOOP:
-        return uvloop.run(main)
-    return asyncio.run(main)
+        return run_event_loop(run_on_server(server.base_url, bench_of, names))
 
 
 def print_figures(rows: list[Figures]) -> None:
     """A Markdown table, one row per scenario and backend."""
-    headers = ("backend", "scenario", "loomd", "reference", "comparison", "others")
-    cells = [headers, *((r.backend, r.scenario, r.loomd, r.reference, r.comparison, r.others)
-                        for r in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-
-    def line(values: tuple[str, ...]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
-
-    print(line(headers))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells[1:]:
-        print(line(row))
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # so every `finally` stops what it started
+    print_markdown(("backend", "scenario", "loomd", "reference", "comparison", "others"),
+                   ((r.backend, r.scenario, r.loomd, r.reference, r.comparison, r.others)
+                    for r in rows))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "all"],
-                        help="scenario to run; repeat for several (default: all)")
-    parser.add_argument("--backend", action="append", choices=[*BACKENDS, "all"],
-                        help="database to run on; repeat for both (default: all)")
-    parser.add_argument("--code", metavar="REV",
-                        help="serve this git revision's app/ instead of the working tree")
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller numbers, to check the script itself")
+    parser = argument_parser(__doc__, SCENARIOS, profile=False)
     parser.add_argument("--serve", choices=["receiver", "mcp"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.port)
         return 0
-    names = list(SCENARIOS) if not args.scenario or "all" in args.scenario else [
-        name for name in SCENARIOS if name in args.scenario]
-    backends = list(BACKENDS) if not args.backend or "all" in args.backend else [
-        backend for backend in BACKENDS if backend in args.backend]
+    names = chosen(args.scenario, SCENARIOS)
+    backends = chosen(args.backend, BACKENDS)
     sizes = Sizes.quick() if args.quick else Sizes()
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()
 
-    rows: list[Figures] = []
     notes: list[str] = []
-    interrupted = False
-    try:
-        with tempfile.TemporaryDirectory(prefix="loomd-bench-tools-") as tmp:
-            notes.append(f"code: {describe_code(args.code)}; client event loop: "
-                         f"{'uvloop' if HAS_UVLOOP else 'asyncio'}")
-            code = export_revision(args.code, Path(tmp) / "code") if args.code else None
-            for backend in backends:
-                rows += bench_backend(backend, names, Path(tmp) / backend, code, sizes, notes)
-    except KeyboardInterrupt:
-        interrupted = True
+    rows, interrupted = run_backends(
+        "loomd-bench-tools-", args.code, backends, notes,
+        lambda backend, workdir, code: bench_backend(backend, names, workdir, code, sizes, notes))
 
-    print(f"\nmachine: {machine()}")
-    for note in notes:
-        print(note)
-    if args.quick:
-        print("sizes: --quick (smaller than the figures in docs/benchmarks.md)")
-    print("others: cores kept busy by other processes of the host while each scenario ran "
-          "(not this script, loomd, the receiver, the MCP server or the benchmark database's "
-          "Postgres backends)")
-    print()
+    print_preamble(notes, "the figures in docs/benchmarks.md" if args.quick else None,
+                   "the receiver, the MCP server")
     print_figures(rows)
-    if interrupted:
-        print("\ninterrupted: the table holds the scenarios that finished", file=sys.stderr)
-        return 130
-    return 1 if any(row.error for row in rows) else 0
+    return exit_status(interrupted, not any(row.error for row in rows))
 
 
 if __name__ == "__main__":
