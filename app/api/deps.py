@@ -29,6 +29,9 @@ Owner = Annotated[
                                      "(whose agents the request names)"),
 ]
 
+OWNER_FORBIDDEN = "Not an admin, but `owner` names another subject (`forbidden`)"
+"""The 403 of a route that takes `Owner`."""
+
 
 def namespace(principal: Principal, owner: str | None) -> Namespace:
     """The owner addressed by `?owner=`; one that no subject can have is a 422, another

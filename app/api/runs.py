@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import (
+    OWNER_FORBIDDEN,
     CurrentPrincipal,
     Cursor,
     DbSession,
@@ -90,7 +91,6 @@ CREATED: dict[int | str, dict[str, Any]] = {
     202: {"description": "`stream: false`: the run, queued", "model": Run},
 }
 
-OWNER_FORBIDDEN = "Not an admin, but `owner` names another subject (`forbidden`)"
 CREATE_ERRORS = errors(
     *WRITE, 409, 429, 503, problems={409: RunConflictProblem},
     s409="`session_busy` (with `active_run_id`), `session_pending` (with "

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 
 from app.api.deps import (
+    OWNER_FORBIDDEN,
     CurrentPrincipal,
     Cursor,
     DbSession,
@@ -73,7 +74,7 @@ def _view(session: SessionRow) -> Session:
         200: {"description": "Replay of an earlier request with the same Idempotency-Key",
               "model": Session},
         **errors(*WRITE, 403, 409, problems={409: SessionConflictProblem},
-                 s403="Not an admin, but `owner` names another subject (`forbidden`)",
+                 s403=OWNER_FORBIDDEN,
                  s409="Idempotency-Key reused with another body "
                  "(`idempotency_conflict`)"),
     },
